@@ -1,0 +1,235 @@
+// CPU kernels of the flat-buffer SAM / GraphSAM / Adam / SGD ops.
+// Elementwise ops run at::parallel_for over element ranges; reductions use fixed-size chunks
+// combined in order, so results do not depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "checks.h"
+#include "sam_math.h"
+
+namespace graphsam_ext {
+namespace {
+
+constexpr const char* kBackend = "CPU";
+constexpr int64_t kGrain = 32768;
+constexpr int64_t kChunk = 16384;
+
+bool read_skip(const c10::optional<at::Tensor>& skip, const at::Tensor& like, const char* op) {
+  if (!skip.has_value()) return false;
+  check_scalar_tensor(*skip, like, "skip", op, kBackend);
+  GSE_CHECK(skip->numel() == 1, op, kBackend, "skip must hold one element");
+  return skip->item<bool>();
+}
+
+// Calls fn(segment, lo, hi) for each piece of [begin, end) that lies in one segment.
+template <typename Fn>
+void for_each_segment(const int64_t* offsets, int64_t nseg, int64_t begin, int64_t end, Fn&& fn) {
+  if (offsets == nullptr) {
+    fn(int64_t(0), begin, end);
+    return;
+  }
+  int64_t seg = std::upper_bound(offsets, offsets + nseg + 1, begin) - offsets - 1;
+  while (begin < end && seg < nseg) {
+    const int64_t hi = std::min(end, offsets[seg + 1]);
+    if (hi > begin) fn(seg, begin, hi);
+    begin = std::max(begin, hi);
+    ++seg;
+  }
+}
+
+const int64_t* offsets_ptr(const c10::optional<at::Tensor>& offsets) {
+  return offsets.has_value() ? offsets->data_ptr<int64_t>() : nullptr;
+}
+
+// Deterministic segmented sum of square_term over fixed chunks.
+template <typename T>
+at::Tensor sum_squares_impl(const T* x, const T* w, int power, double shift, int64_t n, const int64_t* offsets,
+                            int64_t nseg, const at::TensorOptions& opts) {
+  const int64_t segs = offsets ? nseg : 1;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  // partial[c] holds, for chunk c, the sums of the segments it touches, in order
+  std::vector<std::vector<std::pair<int64_t, double>>> partial(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      for_each_segment(offsets, nseg, c * kChunk, std::min(n, (c + 1) * kChunk), [&](int64_t s, int64_t lo, int64_t hi) {
+        double acc = 0.0;
+        for (int64_t i = lo; i < hi; ++i) acc += square_term<T, double>(x[i], w ? w[i] : T(0), power, shift);
+        partial[c].emplace_back(s, acc);
+      });
+    }
+  });
+  at::Tensor out = at::zeros({segs}, opts.dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  for (const auto& chunk : partial)
+    for (const auto& sv : chunk) o[sv.first] += sv.second;
+  return offsets ? out : out.squeeze(0);
+}
+
+at::Tensor sum_squares_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                           const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
+  const char* op = "sum_squares";
+  check_param(x, op, kBackend);
+  GSE_CHECK(weight_power >= 0 && weight_power <= 2, op, kBackend, "weight_power must be 0, 1 or 2, got ",
+            weight_power);
+  GSE_CHECK(weight_power == 0 || weight.has_value(), op, kBackend, "weight_power > 0 needs a weight tensor");
+  if (weight.has_value()) check_flat(*weight, x, "weight", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, x, op, kBackend);
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_squares_cpu", [&] {
+    return sum_squares_impl<scalar_t>(x.data_ptr<scalar_t>(), weight ? weight->data_ptr<scalar_t>() : nullptr,
+                                      static_cast<int>(weight_power), shift, x.numel(), offsets_ptr(offsets), nseg,
+                                      x.options());
+  });
+}
+
+// scale: 0-dim (one scale) or (nseg,) per segment; any floating dtype (read as double).
+void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direction, const at::Tensor& scale,
+                 const c10::optional<at::Tensor>& offsets, bool adaptive, const c10::optional<at::Tensor>& skip) {
+  const char* op = "perturb_";
+  check_param(param, op, kBackend);
+  check_flat(backup, param, "backup", op, kBackend);
+  check_flat(direction, param, "direction", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, param, op, kBackend);
+  check_scalar_tensor(scale, param, "scale", op, kBackend);
+  GSE_CHECK(scale.numel() == (offsets ? nseg : 1), op, kBackend, "scale must have ", (offsets ? nseg : 1),
+            " element(s) (one per segment), got ", scale.numel());
+  const bool skipped = read_skip(skip, param, op);
+  const at::Tensor scale64 = scale.to(at::kDouble).contiguous();
+  const double* sc = scale64.data_ptr<double>();
+  const int64_t* off = offsets_ptr(offsets);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "perturb_cpu", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    scalar_t* b = backup.data_ptr<scalar_t>();
+    const scalar_t* d = direction.data_ptr<scalar_t>();
+    at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_segment(off, nseg, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
+        const scalar_t scl = skipped ? scalar_t(0) : static_cast<scalar_t>(sc[off ? s : 0]);
+        for (int64_t i = lo; i < hi; ++i) {
+          const scalar_t pi = p[i];
+          b[i] = pi;
+          p[i] = skipped ? pi : perturb_element<scalar_t>(pi, d[i], scl, adaptive);
+        }
+      });
+    });
+  });
+}
+
+// Returns the sum of squares of the updated direction (0-dim float64) from the same pass.
+at::Tensor direction_update_cpu(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
+                                const c10::optional<at::Tensor>& offsets, double beta, bool init,
+                                const c10::optional<at::Tensor>& skip) {
+  const char* op = "direction_update_";
+  check_param(direction, op, kBackend);
+  check_flat(grad, direction, "grad", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, direction, op, kBackend);
+  check_scalar_tensor(inv_norm, direction, "inv_norm", op, kBackend);
+  GSE_CHECK(inv_norm.numel() == (offsets ? nseg : 1), op, kBackend, "inv_norm must have ", (offsets ? nseg : 1),
+            " element(s), got ", inv_norm.numel());
+  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, kBackend, "beta must be in [0, 1), got ", beta);
+  const bool skipped = read_skip(skip, direction, op);
+  const at::Tensor inv64 = inv_norm.to(at::kDouble).contiguous();
+  const double* inv = inv64.data_ptr<double>();
+  const int64_t* off = offsets_ptr(offsets);
+  const int64_t n = direction.numel();
+  return AT_DISPATCH_FLOATING_TYPES(direction.scalar_type(), "direction_update_cpu", [&] {
+    scalar_t* d = direction.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t bt = static_cast<scalar_t>(beta);
+    const scalar_t omb = static_cast<scalar_t>(1.0 - beta);
+    if (!skipped) {
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for_each_segment(off, nseg, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
+          const scalar_t in = static_cast<scalar_t>(inv[off ? s : 0]);
+          for (int64_t i = lo; i < hi; ++i) d[i] = direction_element<scalar_t>(d[i], g[i], in, bt, omb, init);
+        });
+      });
+    }
+    return sum_squares_impl<scalar_t>(d, nullptr, 0, 0.0, n, nullptr, 0, direction.options());
+  });
+}
+
+void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                   const at::Tensor& step, const c10::optional<at::Tensor>& source,
+                   const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, bool decoupled) {
+  const char* op = "adam_step_";
+  check_param(param, op, kBackend);
+  check_flat(grad, param, "grad", op, kBackend);
+  check_flat(exp_avg, param, "exp_avg", op, kBackend);
+  check_flat(exp_avg_sq, param, "exp_avg_sq", op, kBackend);
+  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
+  check_scalar_tensor(step, param, "step", op, kBackend);
+  const bool skipped = read_skip(skip, param, op);
+  if (skipped) {
+    if (source.has_value()) param.copy_(*source);
+    return;
+  }
+  const AdamBias bias = adam_bias(step.item<double>(), lr, beta1, beta2);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cpu", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    const scalar_t* src = source ? source->data_ptr<scalar_t>() : p;
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* m = exp_avg.data_ptr<scalar_t>();
+    scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
+    const scalar_t omb1 = static_cast<scalar_t>(1.0 - beta1), b2 = static_cast<scalar_t>(beta2),
+                   omb2 = static_cast<scalar_t>(1.0 - beta2), ep = static_cast<scalar_t>(eps),
+                   wd = static_cast<scalar_t>(weight_decay), decay = static_cast<scalar_t>(1.0 - lr * weight_decay),
+                   ss = static_cast<scalar_t>(bias.step_size), bc2 = static_cast<scalar_t>(bias.bc2_sqrt);
+    at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t pi = src[i], mi = m[i], vi = v[i];
+        adam_element<scalar_t>(pi, g[i], mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+      }
+    });
+  });
+}
+
+void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
+                  const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
+                  double momentum, double dampening, double weight_decay, bool nesterov) {
+  const char* op = "sgd_step_";
+  check_param(param, op, kBackend);
+  check_flat(grad, param, "grad", op, kBackend);
+  if (momentum != 0.0) check_flat(momentum_buffer, param, "momentum_buffer", op, kBackend);
+  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
+  check_scalar_tensor(step, param, "step", op, kBackend);
+  const bool skipped = read_skip(skip, param, op);
+  if (skipped) {
+    if (source.has_value()) param.copy_(*source);
+    return;
+  }
+  const bool first = step.item<double>() <= 1.0;
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cpu", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    const scalar_t* src = source ? source->data_ptr<scalar_t>() : p;
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* buf = momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr;
+    const scalar_t lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
+                   omd = static_cast<scalar_t>(1.0 - dampening), wd = static_cast<scalar_t>(weight_decay);
+    at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t pi = src[i];
+        sgd_element<scalar_t>(pi, g[i], buf ? buf + i : nullptr, first, lr_, mom, omd, wd, nesterov);
+        p[i] = pi;
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphsam_ext, CPU, m) {
+  m.impl("sum_squares", &sum_squares_cpu);
+  m.impl("perturb_", &perturb_cpu);
+  m.impl("direction_update_", &direction_update_cpu);
+  m.impl("adam_step_", &adam_step_cpu);
+  m.impl("sgd_step_", &sgd_step_cpu);
+}
+
+}  // namespace graphsam_ext

@@ -1,0 +1,11 @@
+"""Typed wrappers of the native ops; each falls back to ``ops.reference`` where no kernel exists."""
+from graphsam_ext.ops.sam import (
+    adam_step_,
+    direction_update_,
+    perturb_,
+    restore_,
+    sgd_step_,
+    sum_squares,
+)
+
+__all__ = ["sum_squares", "perturb_", "restore_", "direction_update_", "adam_step_", "sgd_step_"]

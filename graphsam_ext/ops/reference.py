@@ -1,0 +1,96 @@
+"""Pure-PyTorch versions of every native op: the fallback and the test oracle.
+
+They share the semantics documented in ``graphsam_ext.ops.sam`` and are written for clarity.
+The scalar math follows the same expressions as ``csrc/sam_math.h``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _per_element(values: Tensor, offsets: Tensor | None, numel: int) -> Tensor:
+    """Expand a 0-dim value or one value per segment to a value per element."""
+    if offsets is None:
+        return values.reshape(())
+    lengths = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(values, lengths, output_size=numel)
+
+
+def _skipped(skip: Tensor | None) -> bool:
+    return skip is not None and bool(skip)
+
+
+def sum_squares(x: Tensor, weight: Tensor | None = None, offsets: Tensor | None = None,
+                weight_power: int = 0, shift: float = 0.0) -> Tensor:
+    a = x.double()
+    if weight_power:
+        a = a * weight.double().abs() ** weight_power
+    sq = (a + shift) ** 2
+    if offsets is None:
+        return sq.sum()
+    seg = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=x.device),
+                                  offsets[1:] - offsets[:-1], output_size=x.numel())
+    return torch.zeros(offsets.numel() - 1, dtype=torch.float64, device=x.device).index_add_(0, seg, sq)
+
+
+def perturb_(param: Tensor, backup: Tensor, direction: Tensor, scale: Tensor, offsets: Tensor | None,
+             adaptive: bool, skip: Tensor | None) -> None:
+    backup.copy_(param)
+    if _skipped(skip):
+        return
+    s = _per_element(scale, offsets, param.numel()).to(param.dtype)
+    step = param * param * direction if adaptive else direction
+    param.copy_(param + s * step)
+
+
+def direction_update_(direction: Tensor, grad: Tensor, inv_norm: Tensor, offsets: Tensor | None, beta: float,
+                      init: bool, skip: Tensor | None) -> Tensor:
+    if not _skipped(skip):
+        inv = _per_element(inv_norm, offsets, grad.numel()).to(grad.dtype)
+        if init:
+            direction.copy_(grad * inv)
+        else:
+            direction.copy_(beta * direction + (1.0 - beta) * (grad * inv))
+    return sum_squares(direction)
+
+
+def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
+               source: Tensor | None, skip: Tensor | None, lr: float, beta1: float, beta2: float, eps: float,
+               weight_decay: float, decoupled: bool) -> None:
+    if source is not None:
+        param.copy_(source)
+    if _skipped(skip):
+        return
+    t = float(step)
+    if weight_decay != 0:
+        if decoupled:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1 ** t)
+    bc2_sqrt = math.sqrt(1 - beta2 ** t)
+    denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def sgd_step_(param: Tensor, grad: Tensor, momentum_buffer: Tensor, step: Tensor, source: Tensor | None,
+              skip: Tensor | None, lr: float, momentum: float, dampening: float, weight_decay: float,
+              nesterov: bool) -> None:
+    if source is not None:
+        param.copy_(source)
+    if _skipped(skip):
+        return
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    if momentum != 0:
+        if float(step) <= 1:
+            momentum_buffer.copy_(grad)
+        else:
+            momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    param.add_(grad, alpha=-lr)

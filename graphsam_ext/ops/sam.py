@@ -1,0 +1,122 @@
+"""Flat-buffer SAM / GraphSAM / base-optimizer ops.
+
+Every op works on one contiguous float32/float64 buffer (and same-sized twins). Values that
+depend on data (norms, scales, the skip flag, Adam's step) are tensors on the buffer's device,
+never Python numbers, so a step needs no host synchronization. ``offsets`` (int64, (nseg + 1,))
+splits a buffer into segments (one per parameter tensor) for per-tensor variants.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from graphsam_ext import _backend
+from graphsam_ext.ops import reference
+
+_LIB = "graphsam_ext"
+
+
+def _native(t: Tensor) -> bool:
+    return _backend.use_native(t.device)
+
+
+def sum_squares(x: Tensor, weight: Tensor | None = None, offsets: Tensor | None = None,
+                weight_power: int = 0, shift: float = 0.0) -> Tensor:
+    """sum_i (|weight_i|^weight_power * x_i + shift)^2 in float64.
+
+    x, weight: (n,). Returns a 0-dim tensor, or (nseg,) per segment when ``offsets`` is given.
+    ``weight_power`` 1 gives ASAM's ||(|theta| * g)||^2, 2 gives ||theta^2 * d||^2.
+    """
+    if _native(x):
+        return torch.ops.graphsam_ext.sum_squares(x, weight, offsets, weight_power, shift)
+    return reference.sum_squares(x, weight, offsets, weight_power, shift)
+
+
+def perturb_(param: Tensor, backup: Tensor, direction: Tensor, scale: Tensor, offsets: Tensor | None = None,
+             adaptive: bool = False, skip: Tensor | None = None) -> None:
+    """backup <- param; param <- param + scale * direction (adaptive: + scale * param^2 * direction).
+
+    scale: 0-dim, or (nseg,) with ``offsets``. When ``skip`` is true the backup is still taken and
+    param is left as it is, so the following restore is always exact.
+    """
+    if _native(param):
+        torch.ops.graphsam_ext.perturb_(param, backup, direction, scale, offsets, adaptive, skip)
+    else:
+        reference.perturb_(param, backup, direction, scale, offsets, adaptive, skip)
+
+
+def restore_(param: Tensor, backup: Tensor) -> None:
+    """param <- backup, an exact copy (no arithmetic, so no drift)."""
+    param.copy_(backup)
+
+
+def direction_update_(direction: Tensor, grad: Tensor, inv_norm: Tensor, offsets: Tensor | None = None,
+                      beta: float = 0.99, init: bool = False, skip: Tensor | None = None) -> Tensor:
+    """GraphSAM's EMA of normalized updating gradients, in place; returns ||d||^2 (0-dim float64).
+
+    d <- beta * d + (1 - beta) * g * inv_norm, or d <- g * inv_norm when ``init``.
+    inv_norm: 0-dim (global normalization) or (nseg,) per segment.
+    """
+    if _native(direction):
+        return torch.ops.graphsam_ext.direction_update_(direction, grad, inv_norm, offsets, beta, init, skip)
+    return reference.direction_update_(direction, grad, inv_norm, offsets, beta, init, skip)
+
+
+def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
+               source: Tensor | None = None, skip: Tensor | None = None, *, lr: float, beta1: float,
+               beta2: float, eps: float, weight_decay: float = 0.0, decoupled: bool = False) -> None:
+    """torch.optim.Adam / AdamW update (amsgrad=False, maximize=False) on a flat buffer.
+
+    ``step`` is the already incremented step count (0-dim tensor). With ``source`` the update
+    starts from ``source`` (the saved weights) instead of ``param``: restore and update in one pass.
+    When ``skip`` is true only the restore happens.
+    """
+    args = (param, grad, exp_avg, exp_avg_sq, step, source, skip, lr, beta1, beta2, eps, weight_decay, decoupled)
+    if _native(param):
+        torch.ops.graphsam_ext.adam_step_(*args)
+    else:
+        reference.adam_step_(*args)
+
+
+def sgd_step_(param: Tensor, grad: Tensor, momentum_buffer: Tensor, step: Tensor, source: Tensor | None = None,
+              skip: Tensor | None = None, *, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+              weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    """torch.optim.SGD update (maximize=False) on a flat buffer; ``source`` and ``skip`` as in adam_step_.
+
+    On the first step (``step`` <= 1) the momentum buffer is set to the gradient, as in torch.
+    """
+    args = (param, grad, momentum_buffer, step, source, skip, lr, momentum, dampening, weight_decay, nesterov)
+    if _native(param):
+        torch.ops.graphsam_ext.sgd_step_(*args)
+    else:
+        reference.sgd_step_(*args)
+
+
+def _register_fakes() -> None:
+    """Shape functions so the ops trace under torch.compile / torch.export (FakeTensor)."""
+
+    @torch.library.register_fake(f"{_LIB}::sum_squares")
+    def _(x, weight, offsets, weight_power, shift):
+        if offsets is None:
+            return x.new_empty((), dtype=torch.float64)
+        return x.new_empty((offsets.shape[0] - 1,), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{_LIB}::perturb_")
+    def _(param, backup, direction, scale, offsets, adaptive, skip):
+        return None
+
+    @torch.library.register_fake(f"{_LIB}::direction_update_")
+    def _(direction, grad, inv_norm, offsets, beta, init, skip):
+        return direction.new_empty((), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{_LIB}::adam_step_")
+    def _(*args):
+        return None
+
+    @torch.library.register_fake(f"{_LIB}::sgd_step_")
+    def _(*args):
+        return None
+
+
+if _backend.native_library() is not None:
+    _register_fakes()
