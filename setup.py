@@ -68,7 +68,7 @@ def _extensions():
         cpp_extension.CUDA_HOME = cuda_home
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-    sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/registration.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     macros = [("GRAPHSAM_EXT_VERSION", '"0.1.0"')]
     cxx = ["-O3", "-fopenmp", "-std=c++17", "-fno-math-errno"]
     args = {"cxx": cxx}

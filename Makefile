@@ -1,0 +1,56 @@
+# graphsam-ext developer commands. Every target sets up what it needs from scratch.
+PYTHON ?= python3
+VENV := .venv
+CUDA_VENV := .venv-cuda
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_CPU := torch==2.13.0
+TORCH_CUDA := torch==2.14.1
+export GRAPHSAM_DATA_DIR ?= $(abspath ../shared/data/moleculenet)
+
+.PHONY: setup build test run bench bench-smoke cuda-check cmake-check study clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(TORCH_CPU)
+	$(PIP) install -q pybind11 ninja numpy
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# incremental native rebuild (ninja) after editing csrc/
+build: setup
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests
+
+run: build
+	$(VENV)/bin/graphsam compare
+
+bench: build
+	$(PY) -m pytest benchmarks -q --benchmark-columns=min,median,mean,rounds --benchmark-sort=name $(BENCH_ARGS)
+
+bench-smoke: build
+	$(PY) -m pytest benchmarks -q --benchmark-disable -k "not study" $(BENCH_ARGS)
+
+# compile AND link the CUDA kernels against a CUDA build of torch (no GPU needed)
+cuda-check:
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -c "import torch, pybind11, ninja" 2>/dev/null || \
+		$(CUDA_VENV)/bin/pip install -q $(TORCH_CUDA) pybind11 ninja numpy setuptools wheel
+	GRAPHSAM_EXT_BUILD_CUDA=1 $(CUDA_VENV)/bin/python setup.py -q build_ext \
+		--build-lib build/cuda-check/lib --build-temp build/cuda-check/tmp
+	$(CUDA_VENV)/bin/python scripts/check_native_lib.py build/cuda-check/lib --expect-cuda
+
+# the C++ build of the same sources against libtorch (for IDEs and C++ work)
+cmake-check: setup
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DPython3_EXECUTABLE=$(abspath $(PY)) > build/cmake.log
+	cmake --build build/cmake >> build/cmake.log
+	$(PY) scripts/check_native_lib.py build/cmake
+
+clean:
+	rm -rf build graphsam_ext/_C*.so
