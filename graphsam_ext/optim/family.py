@@ -1,0 +1,134 @@
+"""Machinery shared by the SAM-family optimizers: construction, engines, closures, state."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from graphsam_ext import _backend
+from graphsam_ext.optim.base import BaseSpec, base_defaults, parse_base, validate_group
+from graphsam_ext.optim.engines import ENGINES
+
+IMPLEMENTATIONS = tuple(ENGINES)
+
+
+class SAMFamily(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose step perturbs, re-evaluates, restores, updates.
+
+    Subclasses implement ``_step(closure)``; they talk to the parameters only through
+    ``self.engine`` (see ``graphsam_ext.optim.engines``).
+    """
+
+    _track_direction = False
+
+    def __init__(self, params, base_optimizer, implementation, extra_defaults: dict, base_kwargs: dict):
+        self.base_spec: BaseSpec = parse_base(base_optimizer)
+        defaults = base_defaults(self.base_spec, base_kwargs) if self.base_spec.fused else {}
+        super().__init__(params, {**defaults, **extra_defaults})
+        for group in self.param_groups:
+            validate_group(self.base_spec, group)
+            for p in group["params"]:
+                if not p.is_floating_point() or p.is_complex():
+                    raise TypeError(f"params: only real floating-point parameters are supported, got {p.dtype}")
+                if p.is_sparse:
+                    raise ValueError("params: sparse parameters are not supported")
+        self.base_optimizer = None
+        if not self.base_spec.fused:
+            self.base_optimizer = self.base_spec.cls(self.param_groups, **base_kwargs)
+            # share the groups so LR schedulers attached to this optimizer drive the base one
+            self.param_groups = self.base_optimizer.param_groups
+            self.state = self.base_optimizer.state
+        self.implementation = self._choose_implementation(implementation)
+        self.engine = ENGINES[self.implementation](self, self._track_direction)
+        self.closure_calls = 0
+        self._skipped = None
+        self._warned_skip = False
+
+    def _choose_implementation(self, implementation) -> str:
+        device = self.param_groups[0]["params"][0].device
+        if implementation is None:
+            return "fused" if _backend.use_native(device) else "foreach"
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+        return implementation
+
+    # -- closures --------------------------------------------------------------------------
+    def _evaluate(self, closure) -> Tensor:
+        """Zero the gradients, run the closure with grad enabled, and adopt its gradients."""
+        self.engine.zero_grad()
+        with torch.enable_grad():
+            loss = closure()
+        self.closure_calls += 1
+        self.engine.prepare()
+        return loss
+
+    @staticmethod
+    def _require_closure(closure) -> None:
+        if closure is None:
+            raise ValueError("closure: SAM-family optimizers re-evaluate the loss; pass step(closure) where "
+                             "closure() runs forward + loss.backward() and returns the loss")
+        if not callable(closure):
+            raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Run a full step; the closure is evaluated here (see the class docstring for how often)."""
+        self._require_closure(closure)
+        return self._step(closure)
+
+    def _step(self, closure):
+        raise NotImplementedError
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients in place (they are views into flat buffers in the fused path)."""
+        self.engine.zero_grad()
+
+    # -- non-finite steps ----------------------------------------------------------------------
+    @staticmethod
+    def _nonfinite(sq: Tensor) -> Tensor:
+        return ~torch.isfinite(sq.sum() if sq.dim() else sq)
+
+    def _record_skip(self, skip: Tensor) -> None:
+        self._skipped = skip.long() if self._skipped is None else self._skipped + skip.long()
+        if skip.device.type == "cpu":
+            self._check_skipped()
+
+    def _check_skipped(self) -> None:
+        """Warn once when a step was skipped; reads a device value, so it runs at epoch boundaries on GPUs."""
+        if not self._warned_skip and self._skipped is not None and int(self._skipped) > 0:
+            self._warned_skip = True
+            warnings.warn(f"{type(self).__name__}: a gradient norm was not finite; the step was skipped "
+                          "(parameters and state unchanged). `optimizer.skipped_steps` counts them.",
+                          RuntimeWarning, stacklevel=3)
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps were skipped because of a non-finite gradient norm (syncs on GPUs)."""
+        self._check_skipped()
+        return 0 if self._skipped is None else int(self._skipped)
+
+    # -- state -----------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {"closure_calls": self.closure_calls, "skipped": self.skipped_steps}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self.closure_calls = int(extra.get("closure_calls", 0))
+        skipped = int(extra.get("skipped", 0))
+        self._skipped = torch.tensor(skipped) if skipped else None
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["sam_family"] = self._extra_state()
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "sam_family" not in state_dict:
+            raise ValueError(f"state_dict: not a {type(self).__name__} state dict (no 'sam_family' entry)")
+        extra = state_dict["sam_family"]
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "sam_family"})
+        if self.base_optimizer is not None:
+            self.base_optimizer.state = self.state
+            self.base_optimizer.param_groups = self.param_groups
+        self._load_extra_state(extra)
+        self.engine.adopt_loaded_state()

@@ -1,0 +1,117 @@
+"""FlatParams: an optimizer's parameters and gradients as views into one buffer per dtype.
+
+Fused kernels then touch a few long contiguous buffers instead of many small tensors. Restoring
+weights is always a copy into the buffer; ``p.data`` is never replaced by another tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FlatBucket:
+    """All parameters of one (device, dtype), laid out group by group.
+
+    data, grad: (numel,) buffers; p.data / p.grad are views into them.
+    offsets: (num_tensors + 1,) int64 on the device, tensor boundaries in the buffer.
+    group_ranges: (group index, start, end) for each param group present, contiguous ranges.
+    """
+
+    params: list
+    bounds: list  # python (start, end) per tensor
+    data: Tensor
+    grad: Tensor
+    offsets: Tensor
+    group_ranges: list = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return self.data.numel()
+
+    def new_buffer(self) -> Tensor:
+        return torch.zeros_like(self.data)
+
+    def views(self, buffer: Tensor) -> list:
+        """Views of ``buffer`` shaped like each parameter."""
+        return [buffer[a:b].view_as(p) for p, (a, b) in zip(self.params, self.bounds)]
+
+    def sync(self) -> None:
+        """Re-attach parameters and gradients that stopped being views of the buffers.
+
+        A user may set grads to None (``zero_grad(set_to_none=True)``) so autograd allocates new
+        ones, or assign ``p.data``; their values are copied in and the views restored, so the
+        fused step always sees the current numbers. A parameter without a gradient counts as a
+        zero gradient.
+        """
+        for p, (a, b) in zip(self.params, self.bounds):
+            if p.data_ptr() != self.data[a:].data_ptr() or p.data.shape != p.shape:
+                self.data[a:b].copy_(p.data.reshape(-1))
+                p.data = self.data[a:b].view_as(p)
+            g = p.grad
+            view = self.grad[a:b]
+            if g is None:
+                view.zero_()
+                p.grad = view.view_as(p)
+            elif g.data_ptr() != view.data_ptr() or g.dtype != view.dtype:
+                if g.is_sparse:
+                    raise ValueError("params: sparse gradients are not supported; use dense embeddings "
+                                     "(e.g. nn.Embedding(sparse=False))")
+                view.copy_(g.reshape(-1))
+                p.grad = view.view_as(p)
+
+
+class FlatParams:
+    """Buckets of flat buffers, one per (device, dtype), in param-group order.
+
+    param_groups: the optimizer's groups. All parameters must be on one device.
+    """
+
+    def __init__(self, param_groups: list):
+        devices = {p.device for g in param_groups for p in g["params"]}
+        if len(devices) > 1:
+            raise ValueError(
+                f"params: the fused implementation needs every parameter on one device, got {sorted(map(str, devices))}; "
+                "use one optimizer per device or implementation='foreach'")
+        order: dict = {}
+        for gi, group in enumerate(param_groups):
+            for p in group["params"]:
+                order.setdefault(p.dtype, []).append((gi, p))
+        self.buckets: list[FlatBucket] = []
+        for dtype, entries in order.items():
+            total = sum(p.numel() for _, p in entries)
+            device = entries[0][1].device
+            data = torch.empty(total, dtype=dtype, device=device)
+            grad = torch.zeros(total, dtype=dtype, device=device)
+            params, bounds, ranges, start = [], [], [], 0
+            for gi, p in entries:
+                end = start + p.numel()
+                data[start:end].copy_(p.data.reshape(-1))
+                if p.grad is not None:
+                    grad[start:end].copy_(p.grad.reshape(-1))
+                p.data = data[start:end].view_as(p)
+                p.grad = grad[start:end].view_as(p)
+                if ranges and ranges[-1][0] == gi:
+                    ranges[-1] = (gi, ranges[-1][1], end)
+                else:
+                    ranges.append((gi, start, end))
+                params.append(p)
+                bounds.append((start, end))
+                start = end
+            offsets = torch.tensor([0] + [b for _, b in bounds], dtype=torch.int64, device=device)
+            self.buckets.append(FlatBucket(params, bounds, data, grad, offsets, ranges))
+
+    @property
+    def params(self) -> list:
+        """Parameters in bucket order: the order of per-tensor results."""
+        return [p for b in self.buckets for p in b.params]
+
+    def sync(self) -> None:
+        for bucket in self.buckets:
+            bucket.sync()
+
+    def zero_grad(self) -> None:
+        for bucket in self.buckets:
+            bucket.grad.zero_()

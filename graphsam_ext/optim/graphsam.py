@@ -1,0 +1,205 @@
+"""GraphSAM (Wang et al., ICLR 2024): SAM at about the cost of the base optimizer."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from graphsam_ext.optim.family import SAMFamily
+
+MODES = ("paper", "reference")
+RHO_SCHEDULES = ("step", "compounding")
+
+
+def rho_at_epoch(rho0: float, gamma: float, lam: int, epoch: int, schedule: str = "step") -> float:
+    """Neighbourhood size at ``epoch`` (0-based).
+
+    step:        rho0 * gamma ** (epoch // lam)            (the paper)
+    compounding: rho is multiplied by gamma ** (e / lam) at every e divisible by lam, e >= lam,
+                 i.e. rho0 * gamma ** (m (m + 1) / 2) after m updates (the released code)
+    """
+    m = epoch // lam
+    if schedule == "step":
+        return rho0 * gamma ** m
+    if schedule == "compounding":
+        return rho0 * gamma ** (m * (m + 1) / 2)
+    raise ValueError(f"rho_schedule: expected one of {RHO_SCHEDULES}, got {schedule!r}")
+
+
+class GraphSAM(SAMFamily):
+    r"""GraphSAM: the perturbation re-uses an EMA of the previous steps' updating gradients.
+
+    At the first step of each epoch an exact gradient g gives d = g / ||g|| (one extra closure
+    call); at every other step d <- beta d + (1 - beta) w_{t-1} / ||w_{t-1}||. The step then
+    evaluates w_t = grad L(theta + rho d / ||d||) once, restores theta and applies the base update
+    with w_t. rho follows rho0 * gamma ** (epoch // lam). Cost: T + 1 closure calls per epoch.
+
+    Args:
+        params, base_optimizer, implementation, **base_kwargs: as for ``SAM``.
+        rho: initial neighbourhood size (>= 0); rho = 0 gives exactly the base optimizer.
+        beta: EMA smoothing in [0, 1).   gamma: rho decay factor in (0, 1].   lam: decay period (epochs, >= 1).
+        steps_per_epoch: when given, epochs start automatically; otherwise call ``start_epoch()``
+            at the start of each epoch (the first step starts epoch 0 if you never call it).
+        mode: "paper" (default) or "reference": the released research code's behaviour under
+            PyTorch 1.x (per-tensor normalization with 1e-8 inside the norm, raw-gradient EMA
+            start, adaptive theta^2 perturbation whose per-tensor norm saturates at ``radius``,
+            compounding rho / radius schedule). Individual knobs below override the mode.
+        normalization: "global" or "per_tensor" normalization of w inside the EMA.
+        adaptive: ASAM-style theta^2 scaling of the perturbation.
+        radius: per-tensor clip of the perturbation norm (None: no clip; "reference" mode: rho).
+        rho_schedule: "step" or "compounding".
+
+    The two-phase API for custom loops: if ``needs_exact_gradient`` compute grads at theta and
+    call ``exact_gradient_step()``; then ``first_step()``; compute grads; ``second_step()``.
+    """
+
+    _track_direction = True
+
+    def __init__(self, params, base_optimizer="adam", rho: float = 0.05, beta: float = 0.99, gamma: float = 0.5,
+                 lam: int = 1, steps_per_epoch: int | None = None, mode: str = "paper",
+                 normalization: str | None = None, adaptive: bool | None = None, radius: float | None = None,
+                 rho_schedule: str | None = None, implementation: str | None = None, **base_kwargs):
+        if not isinstance(rho, (int, float)) or rho < 0:
+            raise ValueError(f"rho: expected a number >= 0, got {rho!r}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta: expected a value in [0, 1), got {beta!r}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma: expected a value in (0, 1], got {gamma!r}")
+        if not isinstance(lam, int) or lam < 1:
+            raise ValueError(f"lam: expected an integer >= 1 (epochs between rho decays), got {lam!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch: expected None or an integer >= 1, got {steps_per_epoch!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        ref = mode == "reference"
+        normalization = normalization or ("per_tensor" if ref else "global")
+        if normalization not in ("global", "per_tensor"):
+            raise ValueError(f"normalization: expected 'global' or 'per_tensor', got {normalization!r}")
+        rho_schedule = rho_schedule or ("compounding" if ref else "step")
+        if rho_schedule not in RHO_SCHEDULES:
+            raise ValueError(f"rho_schedule: expected one of {RHO_SCHEDULES}, got {rho_schedule!r}")
+        if radius is not None and not radius > 0:
+            raise ValueError(f"radius: expected None or a number > 0, got {radius!r}")
+        super().__init__(params, base_optimizer, implementation, {}, base_kwargs)
+        self.rho0, self.beta, self.gamma, self.lam = float(rho), float(beta), float(gamma), lam
+        self.steps_per_epoch = steps_per_epoch
+        self.mode = mode
+        self.normalization = normalization
+        self.adaptive = ref if adaptive is None else bool(adaptive)
+        self.raw_start = ref
+        self.radius0 = (float(rho) if ref else None) if radius is None else float(radius)
+        self.rho_schedule = rho_schedule
+        self.epoch = -1
+        self.step_in_epoch = 0
+        self.rho = self.rho0
+        self.radius = self.radius0
+        self._direction_sq = None
+        self._exact_scale = None
+        self._pending_skip = None
+
+    # -- epochs ------------------------------------------------------------------------------
+    def start_epoch(self) -> None:
+        """Mark the start of an epoch: the next step takes an exact gradient; rho follows its schedule."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.rho = rho_at_epoch(self.rho0, self.gamma, self.lam, self.epoch, self.rho_schedule)
+        if self.radius0 is not None:
+            self.radius = rho_at_epoch(self.radius0, self.gamma, self.lam, self.epoch, self.rho_schedule)
+        self._check_skipped()
+
+    def _maybe_new_epoch(self) -> None:
+        if self.epoch < 0 or (self.steps_per_epoch is not None and self.step_in_epoch >= self.steps_per_epoch):
+            self.start_epoch()
+
+    @property
+    def needs_exact_gradient(self) -> bool:
+        """True when the coming step starts an epoch and needs a gradient at theta first."""
+        self._maybe_new_epoch()
+        return self.step_in_epoch == 0 or self._direction_sq is None
+
+    # -- phases ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def exact_gradient_step(self) -> None:
+        """d <- g / ||g|| from the gradient at theta (the reference mode keeps the raw g)."""
+        self.engine.prepare()
+        sq = self.engine.grad_sq()
+        skip = self._nonfinite(sq)
+        if self.raw_start:
+            inv = torch.ones((), dtype=torch.float64, device=sq.device)
+        else:
+            inv = 1.0 / sq.sqrt()
+        self._direction_sq = self.engine.direction_update(inv, self.beta, True, skip)
+        self._exact_scale = None
+        if self.adaptive:
+            # the released code scales by rho / || |theta| g || of the gradient in hand
+            self._exact_scale = self.rho / (self.engine.grad_sq(weight_power=1).sqrt() + 1e-12)
+        self._pending_skip = skip
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        """Perturb theta by rho * d / ||d|| (or its adaptive / radius-clipped variant)."""
+        skip = self._pending_skip
+        if self._direction_sq is None:
+            raise RuntimeError("first_step: no direction yet; compute a gradient and call exact_gradient_step()")
+        if self.adaptive:
+            base = self._exact_scale
+            if base is None:
+                # the released code divides by the norm of just-zeroed gradients: the scale is
+                # unbounded and each tensor's perturbation saturates at the radius
+                base = torch.tensor(math.inf, dtype=torch.float64, device=self._direction_sq.device)
+            scale = base
+            if self.radius is not None:
+                norms = self.engine.direction_sq(weight_power=2, per_tensor=True).sqrt()
+                clip = torch.where(norms > 0, self.radius / norms, torch.zeros_like(norms))
+                scale = torch.minimum(base.expand_as(clip), clip)
+        else:
+            scale = self.rho / (self._direction_sq.sqrt() + 1e-12)
+            if self.radius is not None:
+                norms = (scale * scale * self.engine.direction_sq(per_tensor=True)).sqrt()
+                scale = torch.where(norms > self.radius, scale * self.radius / norms, scale.expand_as(norms))
+        if self.rho == 0.0:
+            scale = torch.zeros_like(scale)
+        self.engine.perturb("direction", scale, self.adaptive, skip)
+        self._exact_scale = None
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Restore theta, base-update with w, and fold w / ||w|| into the direction EMA."""
+        self.engine.prepare()
+        per_tensor = self.normalization == "per_tensor"
+        shift = 1e-8 if self.mode == "reference" and per_tensor else 0.0
+        sq = self.engine.grad_sq(shift=shift, per_tensor=per_tensor)
+        skip = self._nonfinite(sq)
+        if self._pending_skip is not None:
+            skip = skip | self._pending_skip
+        self.engine.base_step(skip, restore=True)
+        inv = 1.0 / sq.sqrt()
+        self._direction_sq = self.engine.direction_update(inv, self.beta, False, skip)
+        self._record_skip(skip)
+        self._pending_skip = None
+        self.step_in_epoch += 1
+
+    def _step(self, closure):
+        if self.needs_exact_gradient:
+            self._evaluate(closure)
+            self.exact_gradient_step()
+        self.first_step()
+        loss = self._evaluate(closure)
+        self.second_step()
+        return loss
+
+    # -- state -------------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {**super()._extra_state(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "rho": self.rho, "radius": self.radius,
+                "direction_sq": None if self._direction_sq is None else self._direction_sq.clone()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        super()._load_extra_state(extra)
+        self.epoch = int(extra["epoch"])
+        self.step_in_epoch = int(extra["step_in_epoch"])
+        self.rho = float(extra["rho"])
+        self.radius = extra["radius"]
+        dsq = extra["direction_sq"]
+        device = self.param_groups[0]["params"][0].device
+        self._direction_sq = None if dsq is None else dsq.to(device)

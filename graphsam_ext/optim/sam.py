@@ -1,0 +1,86 @@
+"""SAM (Foret et al., 2021) and ASAM (Kwon et al., 2021) over fused flat-buffer kernels."""
+from __future__ import annotations
+
+import torch
+
+from graphsam_ext.optim.family import SAMFamily
+
+
+class SAM(SAMFamily):
+    r"""Sharpness-Aware Minimization around a base optimizer.
+
+    Each step: g = grad L(theta); eps = rho * g / ||g|| (ASAM: rho * theta^2 g / || |theta| g ||);
+    w = grad L(theta + eps); theta <- base_update(theta, w) from the restored theta. Norms are over
+    every parameter of every group.
+
+    Args:
+        params: parameters or param groups.
+        base_optimizer: "adam", "adamw", "sgd" (fused) or a ``torch.optim.Optimizer`` class.
+        rho: neighbourhood size (>= 0). With rho = 0 a step is exactly the base optimizer's.
+        adaptive: ASAM's scale-invariant neighbourhood.
+        sam_every: do the SAM step every k-th step and a plain base step otherwise (SAM-k).
+        implementation: "fused" (default where the native library exists), "foreach", "reference".
+        **base_kwargs: the base optimizer's hyper-parameters (lr, betas, weight_decay, ...).
+
+    ``step(closure)`` zeroes the gradients, evaluates ``closure()`` (forward + backward, returns
+    the loss) twice per SAM step (once on a SAM-k plain step), and returns the loss of the last
+    evaluation (at theta + eps). ``first_step()`` / ``second_step()`` give the same step in two
+    phases for custom loops: compute grads, ``first_step()``, compute grads, ``second_step()``.
+    """
+
+    def __init__(self, params, base_optimizer="adam", rho: float = 0.05, adaptive: bool = False,
+                 sam_every: int = 1, implementation: str | None = None, **base_kwargs):
+        if not isinstance(rho, (int, float)) or rho < 0:
+            raise ValueError(f"rho: expected a number >= 0, got {rho!r}")
+        if not isinstance(sam_every, int) or sam_every < 1:
+            raise ValueError(f"sam_every: expected an integer >= 1, got {sam_every!r}")
+        super().__init__(params, base_optimizer, implementation, {}, base_kwargs)
+        self.rho = float(rho)
+        self.adaptive = bool(adaptive)
+        self.sam_every = sam_every
+        self.sam_step_count = 0
+        self._pending_skip = None
+
+    # -- two-phase API -----------------------------------------------------------------------
+    @torch.no_grad()
+    def first_step(self) -> None:
+        """Perturb theta along the current gradients (the user has just run backward)."""
+        self.engine.prepare()
+        sq = self.engine.grad_sq(weight_power=1 if self.adaptive else 0)
+        skip = self._nonfinite(sq)
+        scale = self.rho / (sq.sqrt() + 1e-12)
+        self.engine.perturb("grad", scale, self.adaptive, skip)
+        self._pending_skip = skip
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Restore theta and apply the base update with the gradients at theta + eps."""
+        if self._pending_skip is None:
+            raise RuntimeError("second_step: call first_step() first")
+        self.engine.prepare()
+        skip = self._pending_skip | self._nonfinite(self.engine.grad_sq())
+        self.engine.base_step(skip, restore=True)
+        self._record_skip(skip)
+        self._pending_skip = None
+        self.sam_step_count += 1
+
+    # -- closure API -----------------------------------------------------------------------
+    def _step(self, closure):
+        loss = self._evaluate(closure)
+        if self.sam_step_count % self.sam_every != 0:
+            skip = self._nonfinite(self.engine.grad_sq())
+            self.engine.base_step(skip, restore=False)
+            self._record_skip(skip)
+            self.sam_step_count += 1
+            return loss
+        self.first_step()
+        loss = self._evaluate(closure)
+        self.second_step()
+        return loss
+
+    def _extra_state(self) -> dict:
+        return {**super()._extra_state(), "sam_step_count": self.sam_step_count}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        super()._load_extra_state(extra)
+        self.sam_step_count = int(extra.get("sam_step_count", 0))
