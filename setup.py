@@ -70,14 +70,14 @@ def _extensions():
 
     sources = ["csrc/registration.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     macros = [("GRAPHSAM_EXT_VERSION", '"0.1.0"')]
-    cxx = ["-O3", "-fopenmp", "-std=c++17", "-fno-math-errno"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     args = {"cxx": cxx}
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         arch = os.environ["TORCH_CUDA_ARCH_LIST"]
         macros += [("GRAPHSAM_EXT_WITH_CUDA", None), ("GRAPHSAM_EXT_CUDA_ARCHS", f'"{arch}"')]
         # fast math must not change the fp32 update arithmetic shared with the CPU kernels
-        args["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-fmad=false"]
+        args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-fmad=false"]
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension

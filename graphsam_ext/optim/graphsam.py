@@ -172,9 +172,9 @@ class GraphSAM(SAMFamily):
         skip = self._nonfinite(sq)
         if self._pending_skip is not None:
             skip = skip | self._pending_skip
+        # the EMA first: torch's foreach SGD (nesterov) modifies the gradients in place
+        self._direction_sq = self.engine.direction_update(1.0 / sq.sqrt(), self.beta, False, skip)
         self.engine.base_step(skip, restore=True)
-        inv = 1.0 / sq.sqrt()
-        self._direction_sq = self.engine.direction_update(inv, self.beta, False, skip)
         self._record_skip(skip)
         self._pending_skip = None
         self.step_in_epoch += 1

@@ -1,0 +1,288 @@
+// CUDA kernels of the flat-buffer SAM / GraphSAM / Adam / SGD ops.
+// Segmented kernels use a 2-D grid: blockIdx.y walks the segments (tensors), blockIdx.x strides
+// inside one, so no per-element segment search is needed. Scales, the skip flag and Adam's step
+// are read from device memory: a step never synchronizes with the host.
+// Only c10/cuda headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "checks.h"
+#include "cuda/reduce.cuh"
+#include "sam_math.h"
+
+namespace graphsam_ext {
+namespace {
+
+constexpr const char* kBackend = "CUDA";
+constexpr int kThreads = 256;
+
+struct Segments {
+  const int64_t* offsets;  // nullptr: one segment [0, n)
+  int64_t n;
+  int64_t nseg;
+  __device__ __forceinline__ void range(int64_t seg, int64_t& lo, int64_t& hi) const {
+    lo = offsets ? offsets[seg] : 0;
+    hi = offsets ? offsets[seg + 1] : n;
+  }
+};
+
+Segments make_segments(const c10::optional<at::Tensor>& offsets, int64_t n, int64_t nseg) {
+  return Segments{offsets ? offsets->data_ptr<int64_t>() : nullptr, n, offsets ? nseg : 1};
+}
+
+dim3 segmented_grid(int64_t n, int64_t nseg) {
+  const int64_t per_seg = std::max<int64_t>(1, n / std::max<int64_t>(1, nseg));
+  const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, (per_seg + kThreads * 4 - 1) / (kThreads * 4)), 1024);
+  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(std::min<int64_t>(nseg, 65535)));
+}
+
+int64_t flat_blocks(int64_t n) {
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sms) * 8));
+}
+
+const bool* skip_ptr(const c10::optional<at::Tensor>& skip, at::Tensor& holder, const at::Tensor& like,
+                     const char* op) {
+  if (!skip.has_value()) return nullptr;
+  check_scalar_tensor(*skip, like, "skip", op, kBackend);
+  GSE_CHECK(skip->numel() == 1, op, kBackend, "skip must hold one element");
+  holder = skip->to(at::kBool).contiguous();
+  return holder.data_ptr<bool>();
+}
+
+template <typename T>
+__global__ void sum_squares_kernel(const T* x, const T* w, int power, double shift, Segments segs, double* out) {
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    double acc = 0.0;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x)
+      acc += square_term<T, double>(x[i], w ? w[i] : T(0), power, shift);
+    acc = block_sum(acc);
+    if (threadIdx.x == 0 && acc != 0.0) atomicAdd(out + seg, acc);
+  }
+}
+
+template <typename T>
+void launch_sum_squares(const T* x, const T* w, int power, double shift, Segments segs, double* out,
+                        cudaStream_t stream) {
+  if (segs.n == 0) return;
+  sum_squares_kernel<T><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, stream>>>(x, w, power, shift, segs, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
+  const char* op = "sum_squares";
+  check_param(x, op, kBackend);
+  GSE_CHECK(weight_power >= 0 && weight_power <= 2, op, kBackend, "weight_power must be 0, 1 or 2, got ",
+            weight_power);
+  GSE_CHECK(weight_power == 0 || weight.has_value(), op, kBackend, "weight_power > 0 needs a weight tensor");
+  if (weight.has_value()) check_flat(*weight, x, "weight", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, x, op, kBackend);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Segments segs = make_segments(offsets, x.numel(), nseg);
+  at::Tensor out = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_squares_cuda", [&] {
+    launch_sum_squares<scalar_t>(x.data_ptr<scalar_t>(), weight ? weight->data_ptr<scalar_t>() : nullptr,
+                                 static_cast<int>(weight_power), shift, segs, out.data_ptr<double>(),
+                                 c10::cuda::getCurrentCUDAStream());
+  });
+  return offsets ? out : out.squeeze(0);
+}
+
+template <typename T>
+__global__ void perturb_kernel(T* p, T* backup, const T* d, const double* scale, bool adaptive, const bool* skip,
+                               Segments segs) {
+  const bool skipped = skip != nullptr && *skip;
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    const T s = static_cast<T>(scale[segs.offsets ? seg : 0]);
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+      const T pi = p[i];
+      backup[i] = pi;
+      if (!skipped) p[i] = perturb_element<T>(pi, d[i], s, adaptive);
+    }
+  }
+}
+
+void perturb_cuda(at::Tensor& param, at::Tensor& backup, const at::Tensor& direction, const at::Tensor& scale,
+                  const c10::optional<at::Tensor>& offsets, bool adaptive, const c10::optional<at::Tensor>& skip) {
+  const char* op = "perturb_";
+  check_param(param, op, kBackend);
+  check_flat(backup, param, "backup", op, kBackend);
+  check_flat(direction, param, "direction", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, param, op, kBackend);
+  check_scalar_tensor(scale, param, "scale", op, kBackend);
+  GSE_CHECK(scale.numel() == (offsets ? nseg : 1), op, kBackend, "scale must have ", (offsets ? nseg : 1),
+            " element(s) (one per segment), got ", scale.numel());
+  if (param.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(param.device());
+  at::Tensor skip_holder;
+  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const at::Tensor scale64 = scale.to(at::kDouble).contiguous();
+  const Segments segs = make_segments(offsets, param.numel(), nseg);
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "perturb_cuda", [&] {
+    perturb_kernel<scalar_t><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        param.data_ptr<scalar_t>(), backup.data_ptr<scalar_t>(), direction.data_ptr<scalar_t>(),
+        scale64.data_ptr<double>(), adaptive, sk, segs);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Updates d and accumulates ||d_new||^2 into *out in the same pass.
+template <typename T>
+__global__ void direction_kernel(T* d, const T* g, const double* inv, T beta, T one_minus_beta, bool init,
+                                 const bool* skip, Segments segs, double* out) {
+  const bool skipped = skip != nullptr && *skip;
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    const T in = static_cast<T>(inv[segs.offsets ? seg : 0]);
+    double acc = 0.0;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+      T di = d[i];
+      if (!skipped) {
+        di = direction_element<T>(di, g[i], in, beta, one_minus_beta, init);
+        d[i] = di;
+      }
+      acc += static_cast<double>(di) * static_cast<double>(di);
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0 && acc != 0.0) atomicAdd(out, acc);
+  }
+}
+
+at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
+                                 const c10::optional<at::Tensor>& offsets, double beta, bool init,
+                                 const c10::optional<at::Tensor>& skip) {
+  const char* op = "direction_update_";
+  check_param(direction, op, kBackend);
+  check_flat(grad, direction, "grad", op, kBackend);
+  const int64_t nseg = check_offsets(offsets, direction, op, kBackend);
+  check_scalar_tensor(inv_norm, direction, "inv_norm", op, kBackend);
+  GSE_CHECK(inv_norm.numel() == (offsets ? nseg : 1), op, kBackend, "inv_norm must have ", (offsets ? nseg : 1),
+            " element(s), got ", inv_norm.numel());
+  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, kBackend, "beta must be in [0, 1), got ", beta);
+  const c10::cuda::CUDAGuard guard(direction.device());
+  at::Tensor out = at::zeros({}, direction.options().dtype(at::kDouble));
+  if (direction.numel() == 0) return out;
+  at::Tensor skip_holder;
+  const bool* sk = skip_ptr(skip, skip_holder, direction, op);
+  const at::Tensor inv64 = inv_norm.to(at::kDouble).contiguous();
+  const Segments segs = make_segments(offsets, direction.numel(), nseg);
+  AT_DISPATCH_FLOATING_TYPES(direction.scalar_type(), "direction_update_cuda", [&] {
+    direction_kernel<scalar_t><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        direction.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), inv64.data_ptr<double>(),
+        static_cast<scalar_t>(beta), static_cast<scalar_t>(1.0 - beta), init, sk, segs, out.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+template <typename T>
+__global__ void adam_kernel(T* p, const T* src, const T* g, T* m, T* v, const double* step, const bool* skip,
+                            int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
+                            bool decoupled) {
+  const bool skipped = skip != nullptr && *skip;
+  const AdamBias bias = adam_bias(*step, lr, beta1, beta2);
+  const T omb1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), omb2 = static_cast<T>(1.0 - beta2),
+          ep = static_cast<T>(eps), wd = static_cast<T>(weight_decay), decay = static_cast<T>(1.0 - lr * weight_decay),
+          ss = static_cast<T>(bias.step_size), bc2 = static_cast<T>(bias.bc2_sqrt);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    T pi = src[i];
+    if (!skipped) {
+      T mi = m[i], vi = v[i];
+      adam_element<T>(pi, g[i], mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
+      m[i] = mi;
+      v[i] = vi;
+    }
+    p[i] = pi;
+  }
+}
+
+void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                    const at::Tensor& step, const c10::optional<at::Tensor>& source,
+                    const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, bool decoupled) {
+  const char* op = "adam_step_";
+  check_param(param, op, kBackend);
+  check_flat(grad, param, "grad", op, kBackend);
+  check_flat(exp_avg, param, "exp_avg", op, kBackend);
+  check_flat(exp_avg_sq, param, "exp_avg_sq", op, kBackend);
+  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
+  check_scalar_tensor(step, param, "step", op, kBackend);
+  if (param.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(param.device());
+  at::Tensor skip_holder;
+  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const at::Tensor step64 = step.to(at::kDouble).contiguous();
+  const int64_t n = param.numel();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cuda", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    adam_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
+        exp_avg_sq.data_ptr<scalar_t>(), step64.data_ptr<double>(), sk, n, lr, beta1, beta2, eps, weight_decay,
+        decoupled);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename T>
+__global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double* step, const bool* skip, int64_t n,
+                           T lr, T momentum, T one_minus_dampening, T weight_decay, bool nesterov) {
+  const bool skipped = skip != nullptr && *skip;
+  const bool first = *step <= 1.0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    T pi = src[i];
+    if (!skipped) sgd_element<T>(pi, g[i], buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
+                                 weight_decay, nesterov);
+    p[i] = pi;
+  }
+}
+
+void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
+                   const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
+                   double momentum, double dampening, double weight_decay, bool nesterov) {
+  const char* op = "sgd_step_";
+  check_param(param, op, kBackend);
+  check_flat(grad, param, "grad", op, kBackend);
+  if (momentum != 0.0) check_flat(momentum_buffer, param, "momentum_buffer", op, kBackend);
+  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
+  check_scalar_tensor(step, param, "step", op, kBackend);
+  if (param.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(param.device());
+  at::Tensor skip_holder;
+  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const at::Tensor step64 = step.to(at::kDouble).contiguous();
+  const int64_t n = param.numel();
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cuda", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    sgd_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(),
+        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, step64.data_ptr<double>(), sk, n,
+        static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum), static_cast<scalar_t>(1.0 - dampening),
+        static_cast<scalar_t>(weight_decay), nesterov);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphsam_ext, CUDA, m) {
+  m.impl("sum_squares", &sum_squares_cuda);
+  m.impl("perturb_", &perturb_cuda);
+  m.impl("direction_update_", &direction_update_cuda);
+  m.impl("adam_step_", &adam_step_cuda);
+  m.impl("sgd_step_", &sgd_step_cuda);
+}
+
+}  // namespace graphsam_ext

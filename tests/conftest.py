@@ -1,0 +1,12 @@
+"""Shared test helpers: devices to run on, and where the MoleculeNet files are."""
+import os
+import pathlib
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+os.environ.setdefault("GRAPHSAM_DATA_DIR", str(ROOT.parent / "shared" / "data" / "moleculenet"))
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device"))
+DEVICES = ["cpu", CUDA]

@@ -1,0 +1,207 @@
+"""Native flat-buffer SAM ops against ops.reference, on fresh random inputs and awkward sizes."""
+import pytest
+import torch
+
+from graphsam_ext import _backend, ops
+from graphsam_ext.ops import reference
+from tests.conftest import DEVICES
+
+pytestmark = pytest.mark.skipif(_backend.native_library() is None, reason="native library not built")
+
+SIZES = [0, 1, 3, 4 * 1024 + 1, 278011]
+DTYPES = [torch.float32, torch.float64]
+
+
+def tol(dtype):
+    return dict(rtol=2e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+def random_offsets(n, gen, device):
+    """Random tensor boundaries, including empty segments, covering [0, n)."""
+    k = int(torch.randint(1, 9, (1,), generator=gen))
+    cuts = torch.randint(0, n + 1, (k,), generator=gen).sort().values.tolist()
+    return torch.tensor([0] + cuts + [n], dtype=torch.int64, device=device)
+
+
+def native(name):
+    return getattr(torch.ops.graphsam_ext, name)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(torch.randint(0, 2**31, (1,)).item())
+
+
+def rand(n, dtype, device, gen, scale=1.0):
+    return (torch.randn(n, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("power", [0, 1, 2])
+@pytest.mark.parametrize("segmented", [False, True])
+def test_sum_squares(device, dtype, n, power, segmented, gen):
+    x, w = rand(n, dtype, device, gen), rand(n, dtype, device, gen)
+    offsets = random_offsets(n, gen, device) if segmented else None
+    shift = 1e-3 if power == 1 else 0.0
+    got = native("sum_squares")(x, w if power else None, offsets, power, shift)
+    want = reference.sum_squares(x, w if power else None, offsets, power, shift)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("skipped", [False, True])
+def test_perturb(device, dtype, n, adaptive, segmented, skipped, gen):
+    p, d = rand(n, dtype, device, gen), rand(n, dtype, device, gen)
+    offsets = random_offsets(n, gen, device) if segmented else None
+    nseg = offsets.numel() - 1 if segmented else 1
+    scale = torch.rand(nseg, generator=gen, dtype=torch.float64).to(device)
+    scale = scale if segmented else scale[0]
+    skip = torch.tensor(skipped, device=device)
+    p1, b1, p2, b2 = p.clone(), torch.empty_like(p), p.clone(), torch.empty_like(p)
+    native("perturb_")(p1, b1, d, scale, offsets, adaptive, skip)
+    reference.perturb_(p2, b2, d, scale, offsets, adaptive, skip)
+    torch.testing.assert_close(p1, p2, **tol(dtype))
+    assert torch.equal(b1, p), "the backup must be an exact copy"
+    if skipped:
+        assert torch.equal(p1, p)
+    p1.copy_(b1)
+    assert torch.equal(p1, p), "restore must be exact"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("init", [False, True])
+def test_direction_update(device, dtype, n, segmented, init, gen):
+    d, g = rand(n, dtype, device, gen), rand(n, dtype, device, gen)
+    offsets = random_offsets(n, gen, device) if segmented else None
+    nseg = offsets.numel() - 1 if segmented else 1
+    inv = (torch.rand(nseg, generator=gen, dtype=torch.float64) + 0.1).to(device)
+    inv = inv if segmented else inv[0]
+    d1, d2 = d.clone(), d.clone()
+    s1 = native("direction_update_")(d1, g, inv, offsets, 0.9, init, None)
+    s2 = reference.direction_update_(d2, g, inv, offsets, 0.9, init, None)
+    torch.testing.assert_close(d1, d2, **tol(dtype))
+    torch.testing.assert_close(s1, s2, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12)
+    torch.testing.assert_close(s1, (d1.double() ** 2).sum(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_direction_update_skip(device, gen):
+    d, g = rand(100, torch.float32, device, gen), rand(100, torch.float32, device, gen)
+    d1 = d.clone()
+    s = native("direction_update_")(d1, g, torch.tensor(2.0, device=device), None, 0.5, False,
+                                    torch.tensor(True, device=device))
+    assert torch.equal(d1, d)
+    torch.testing.assert_close(s, (d.double() ** 2).sum())
+
+
+ADAM_CASES = [
+    dict(weight_decay=0.0, decoupled=False),
+    dict(weight_decay=0.1, decoupled=False),
+    dict(weight_decay=0.1, decoupled=True),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", ADAM_CASES)
+@pytest.mark.parametrize("with_source", [False, True])
+def test_adam_step(device, dtype, n, case, with_source, gen):
+    p, g, src = rand(n, dtype, device, gen), rand(n, dtype, device, gen), rand(n, dtype, device, gen)
+    m, v = rand(n, dtype, device, gen), rand(n, dtype, device, gen).abs()
+    step = torch.tensor(float(torch.randint(1, 50, (1,), generator=gen)), device=device)
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **case)
+    out = []
+    for fn in (native("adam_step_"), reference.adam_step_):
+        pp, mm, vv = p.clone(), m.clone(), v.clone()
+        fn(pp, g, mm, vv, step, src if with_source else None, None, hp["lr"], hp["beta1"], hp["beta2"], hp["eps"],
+           hp["weight_decay"], hp["decoupled"])
+        out.append((pp, mm, vv))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, **tol(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", [dict(momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0),
+                                  dict(momentum=0.9, dampening=0.1, nesterov=False, weight_decay=1e-3),
+                                  dict(momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-3)])
+@pytest.mark.parametrize("first", [False, True])
+def test_sgd_step(device, dtype, n, case, first, gen):
+    p, g, buf, src = (rand(n, dtype, device, gen) for _ in range(4))
+    step = torch.tensor(1.0 if first else 7.0, device=device)
+    out = []
+    for fn in (native("sgd_step_"), reference.sgd_step_):
+        pp, bb = p.clone(), buf.clone()
+        fn(pp, g, bb, step, src, None, 0.05, case["momentum"], case["dampening"], case["weight_decay"],
+           case["nesterov"])
+        out.append((pp, bb))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, **tol(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_base_step_skip_restores_only(device, kind, gen):
+    p, g, src, m, v = (rand(1000, torch.float32, device, gen) for _ in range(5))
+    pp, mm, vv = p.clone(), m.clone(), v.abs()
+    skip, step = torch.tensor(True, device=device), torch.tensor(3.0, device=device)
+    v0 = vv.clone()
+    if kind == "adam":
+        native("adam_step_")(pp, g, mm, vv, step, src, skip, 0.1, 0.9, 0.999, 1e-8, 0.0, False)
+    else:
+        native("sgd_step_")(pp, g, mm, step, src, skip, 0.1, 0.9, 0.0, 0.0, False)
+    assert torch.equal(pp, src) and torch.equal(mm, m) and torch.equal(vv, v0)
+
+
+def test_opcheck_every_op(gen):
+    n = 257
+    p, d, g, src = (rand(n, torch.float32, "cpu", gen) for _ in range(4))
+    m, v = rand(n, torch.float32, "cpu", gen), rand(n, torch.float32, "cpu", gen).abs()
+    offsets = torch.tensor([0, 10, 10, 200, n])
+    step, skip = torch.tensor(3.0), torch.tensor(False)
+    cases = [
+        ("sum_squares", (g, p, offsets, 1, 0.0)),
+        ("sum_squares", (g, None, None, 0, 0.0)),
+        ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, dtype=torch.float64), offsets, True, skip)),
+        ("direction_update_", (d.clone(), g, torch.tensor(0.5, dtype=torch.float64), None, 0.9, False, skip)),
+        ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)),
+        ("sgd_step_", (p.clone(), g, m.clone(), step, None, None, 1e-2, 0.9, 0.0, 0.0, True)),
+    ]
+    for name, args in cases:
+        torch.library.opcheck(native(name), args)
+
+
+def test_errors_name_the_argument():
+    p = torch.zeros(10)
+    with pytest.raises(RuntimeError, match=r"sum_squares \(CPU\): offsets must start at 0 and end at 10"):
+        native("sum_squares")(p, None, torch.tensor([0, 5]), 0, 0.0)
+    with pytest.raises(RuntimeError, match="offsets must be non-decreasing"):
+        native("sum_squares")(p, None, torch.tensor([0, 7, 5, 10]), 0, 0.0)
+    with pytest.raises(RuntimeError, match="backup has dtype Double but the parameters have Float"):
+        native("perturb_")(p, torch.zeros(10, dtype=torch.float64), p, torch.tensor(1.0), None, False, None)
+    with pytest.raises(RuntimeError, match="grad has 9 elements but the parameters have 10"):
+        native("adam_step_")(p, torch.zeros(9), p.clone(), p.clone(), torch.tensor(1.0), None, None,
+                             1e-3, 0.9, 0.999, 1e-8, 0.0, False)
+    with pytest.raises(RuntimeError, match="param must be float32 or float64"):
+        native("sum_squares")(torch.zeros(3, dtype=torch.int32), None, None, 0, 0.0)
+    with pytest.raises(RuntimeError, match="scale must have 2 element"):
+        native("perturb_")(p, p.clone(), p, torch.ones(3), torch.tensor([0, 4, 10]), False, None)
+
+
+def test_wrappers_follow_backend_choice(monkeypatch):
+    """The ops module uses the reference code where no native kernel exists for a device."""
+    x = torch.randn(33)
+    monkeypatch.setattr(_backend, "use_native", lambda device: False)
+    assert torch.equal(ops.sum_squares(x), reference.sum_squares(x))
