@@ -132,6 +132,14 @@ class _ListEngine:
         for p, b, d, s in zip(self.params, self.backup, src, self._scales(scale, self.params)):
             reference.perturb_(p.data, b, d, s, None, adaptive, skip)
 
+    def snapshot_direction(self) -> list:
+        return [d.clone() for d in self._directions()]
+
+    def revert_direction(self, skip: Tensor, saved: list) -> None:
+        """Put back the saved direction where ``skip`` is true (device-side select, no sync)."""
+        for d, old in zip(self._directions(), saved):
+            d.copy_(torch.where(skip, old, d))
+
     def restore(self) -> None:
         if self.foreach:
             torch._foreach_copy_(self.params, self.backup)
@@ -277,6 +285,14 @@ class FusedEngine:
         for b, bufs, backup, s in zip(self.flat.buckets, self.buffers, self.backups, self._split(scale)):
             src = b.grad if source == "grad" else bufs["direction"]
             ops.perturb_(b.data, backup, src, s, b.offsets if per_tensor else None, adaptive, skip)
+
+    def snapshot_direction(self) -> list:
+        return [bufs["direction"].clone() for bufs in self.buffers]
+
+    def revert_direction(self, skip: Tensor, saved: list) -> None:
+        """Put back the saved direction where ``skip`` is true (device-side select, no sync)."""
+        for bufs, old in zip(self.buffers, saved):
+            bufs["direction"].copy_(torch.where(skip, old, bufs["direction"]))
 
     def restore(self) -> None:
         for b, backup in zip(self.flat.buckets, self.backups):

@@ -96,6 +96,7 @@ class GraphSAM(SAMFamily):
         self._direction_sq = None
         self._exact_scale = None
         self._pending_skip = None
+        self._saved_direction = None
 
     # -- epochs ------------------------------------------------------------------------------
     def start_epoch(self) -> None:
@@ -124,6 +125,8 @@ class GraphSAM(SAMFamily):
         self.engine.prepare()
         sq = self.engine.grad_sq()
         skip = self._nonfinite(sq)
+        # kept until second_step knows whether the whole step is skipped (once per epoch)
+        self._saved_direction = (self.engine.snapshot_direction(), self._direction_sq)
         if self.raw_start:
             inv = torch.ones((), dtype=torch.float64, device=sq.device)
         else:
@@ -174,6 +177,13 @@ class GraphSAM(SAMFamily):
             skip = skip | self._pending_skip
         # the EMA first: torch's foreach SGD (nesterov) modifies the gradients in place
         self._direction_sq = self.engine.direction_update(1.0 / sq.sqrt(), self.beta, False, skip)
+        if self._saved_direction is not None:
+            saved, saved_sq = self._saved_direction
+            self.engine.revert_direction(skip, saved)
+            if saved_sq is None:
+                saved_sq = torch.zeros_like(self._direction_sq)
+            self._direction_sq = torch.where(skip, saved_sq, self._direction_sq)
+            self._saved_direction = None
         self.engine.base_step(skip, restore=True)
         self._record_skip(skip)
         self._pending_skip = None
