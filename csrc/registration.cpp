@@ -20,4 +20,11 @@ TORCH_LIBRARY(graphsam_ext, m) {
       "sgd_step_(Tensor(a!) param, Tensor grad, Tensor(b!) momentum_buffer, Tensor step, Tensor? source, "
       "Tensor? skip, float lr, float momentum, float dampening, float weight_decay, bool nesterov) -> ()");
   // ---- sparse graph attention (graphsam_ext/ops/graph_attention.py documents each) ----
+  m.def(
+      "graph_attention_forward(Tensor q, Tensor k, Tensor v, Tensor rowptr, Tensor col, Tensor? edge, Tensor? bias, "
+      "float scale) -> (Tensor, Tensor)");
+  m.def(
+      "graph_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor rowptr, "
+      "Tensor col, Tensor? edge, Tensor? bias, Tensor out, Tensor lse, float scale) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

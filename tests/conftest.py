@@ -1,12 +1,15 @@
 """Shared test helpers: devices to run on, and where the MoleculeNet files are."""
 import os
 import pathlib
+import tempfile
 
 import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("GRAPHSAM_DATA_DIR", str(ROOT.parent / "shared" / "data" / "moleculenet"))
+# keep featurization caches of the test run out of the user's home directory
+os.environ.setdefault("GRAPHSAM_CACHE_DIR", tempfile.mkdtemp(prefix="graphsam-test-cache-"))
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device"))
 DEVICES = ["cpu", CUDA]

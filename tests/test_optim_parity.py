@@ -79,3 +79,22 @@ def test_fused_is_the_default_where_native(device):
     from tests.optim_helpers import make_params
     opt = GraphSAM(make_params(3, device=device))
     assert opt.implementation == ("fused" if _backend.use_native(device) else "foreach")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device")
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_fused_matches_cpu_reference(name, base, dtype):
+    results = {}
+    for device, impl in [("cpu", "reference"), ("cuda", "fused")]:
+        cls, kw = OPTIMIZERS[name](implementation=impl, base_optimizer=base, **BASES[base])
+        params, opt, _ = run(lambda groups: cls(groups, **kw), 4097, dtype=dtype, device=device)
+        results[device] = (params, opt)
+    (cpu_params, cpu_opt), (gpu_params, gpu_opt) = results["cpu"], results["cuda"]
+    for pa, pb in zip(gpu_params, cpu_params):
+        check(pa.detach().cpu(), pb.detach(), dtype, "param")
+        for key, value in gpu_opt.state[pa].items():
+            check(torch.as_tensor(value).cpu().float() if key == "step" else value.cpu(),
+                  torch.as_tensor(cpu_opt.state[pb][key]).float() if key == "step" else cpu_opt.state[pb][key],
+                  dtype, key)
