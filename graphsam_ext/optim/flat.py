@@ -46,21 +46,22 @@ class FlatBucket:
         fused step always sees the current numbers. A parameter without a gradient counts as a
         zero gradient.
         """
+        itemsize = self.data.element_size()
+        data_ptr, grad_ptr = self.data.data_ptr(), self.grad.data_ptr()
         for p, (a, b) in zip(self.params, self.bounds):
-            if p.data_ptr() != self.data[a:].data_ptr() or p.data.shape != p.shape:
+            if p.data_ptr() != data_ptr + a * itemsize:
                 self.data[a:b].copy_(p.data.reshape(-1))
                 p.data = self.data[a:b].view_as(p)
             g = p.grad
-            view = self.grad[a:b]
             if g is None:
-                view.zero_()
-                p.grad = view.view_as(p)
-            elif g.data_ptr() != view.data_ptr() or g.dtype != view.dtype:
-                if g.is_sparse:
-                    raise ValueError("params: sparse gradients are not supported; use dense embeddings "
-                                     "(e.g. nn.Embedding(sparse=False))")
-                view.copy_(g.reshape(-1))
-                p.grad = view.view_as(p)
+                self.grad[a:b].zero_()
+                p.grad = self.grad[a:b].view_as(p)
+            elif g.is_sparse:
+                raise ValueError("params: sparse gradients are not supported; use dense embeddings "
+                                 "(e.g. nn.Embedding(sparse=False))")
+            elif g.data_ptr() != grad_ptr + a * itemsize or not g.is_contiguous():
+                self.grad[a:b].copy_(g.reshape(-1))
+                p.grad = self.grad[a:b].view_as(p)
 
 
 class FlatParams:
