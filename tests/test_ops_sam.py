@@ -13,7 +13,9 @@ DTYPES = [torch.float32, torch.float64]
 
 
 def tol(dtype):
-    return dict(rtol=2e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    # inputs are O(1): an absolute bound of a few ULP of 1 covers results that cancel
+    # (a momentum update can land near zero, where a relative bound means nothing)
+    return dict(rtol=2e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
 
 
 def random_offsets(n, gen, device):

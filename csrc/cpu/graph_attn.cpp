@@ -36,6 +36,40 @@ struct Sizes {
   int64_t n, h, d, e;
 };
 
+// The first thing wrong with a CSR graph, if any.
+struct CsrProblem {
+  enum Kind { kNone, kEnds, kDecreasing, kColumn } kind = kNone;
+  int64_t index = 0;  // kEnds: rowptr[0]; kDecreasing: the entry; kColumn: the edge
+  int64_t value = 0;  // kEnds: rowptr[num_nodes]; kColumn: col[edge]
+};
+
+template <typename index_t>
+CsrProblem find_csr_problem(const index_t* rp, const index_t* c, int64_t n, int64_t e) {
+  CsrProblem p;
+  if (rp[0] != 0 || rp[n] != e) {
+    p.kind = CsrProblem::kEnds;
+    p.index = rp[0];
+    p.value = rp[n];
+    return p;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (rp[i + 1] < rp[i]) {
+      p.kind = CsrProblem::kDecreasing;
+      p.index = i + 1;
+      return p;
+    }
+  }
+  for (int64_t x = 0; x < e; ++x) {
+    if (c[x] < 0 || c[x] >= n) {
+      p.kind = CsrProblem::kColumn;
+      p.index = x;
+      p.value = c[x];
+      return p;
+    }
+  }
+  return p;
+}
+
 // Shape, dtype, device and layout checks shared by forward and backward; CSR values are
 // checked too, since a bad index would read out of bounds.
 Sizes check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -74,19 +108,17 @@ Sizes check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, con
   GA_CHECK(q.device().is_cpu(), op, "q must be on the CPU");
   if (edge.has_value()) GA_CHECK(edge->device().is_cpu(), op, "edge must be on the CPU");
   if (bias.has_value()) GA_CHECK(bias->device().is_cpu(), op, "bias must be on the CPU");
-  AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "graph_attention_check_csr", [&] {
-    const index_t* rp = rowptr.data_ptr<index_t>();
-    const index_t* c = col.data_ptr<index_t>();
-    GA_CHECK(rp[0] == 0 && rp[n] == e, op, "rowptr must start at 0 and end at num_edges = ", e, ", got ", rp[0],
-             " .. ", rp[n], "; build the CSR with graphsam_ext.ops.build_csr");
-    for (int64_t i = 0; i < n; ++i) {
-      GA_CHECK(rp[i + 1] >= rp[i], op, "rowptr must be non-decreasing (entry ", i + 1,
-               "); build the CSR with graphsam_ext.ops.build_csr");
-    }
-    for (int64_t x = 0; x < e; ++x) {
-      GA_CHECK(c[x] >= 0 && c[x] < n, op, "col[", x, "] = ", c[x], " is not a node index in [0, ", n, ")");
-    }
-  });
+  // scanned outside any dispatch lambda: an exception thrown from inside one crashed the
+  // process with some compiler / torch combinations (gcc 13, torch 2.11)
+  const CsrProblem bad = col.scalar_type() == at::kLong
+                             ? find_csr_problem(rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), n, e)
+                             : find_csr_problem(rowptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(), n, e);
+  GA_CHECK(bad.kind != CsrProblem::kEnds, op, "rowptr must start at 0 and end at num_edges = ", e, ", got ",
+           bad.index, " .. ", bad.value, "; build the CSR with graphsam_ext.ops.build_csr");
+  GA_CHECK(bad.kind != CsrProblem::kDecreasing, op, "rowptr must be non-decreasing (entry ", bad.index,
+           "); build the CSR with graphsam_ext.ops.build_csr");
+  GA_CHECK(bad.kind != CsrProblem::kColumn, op, "col[", bad.index, "] = ", bad.value,
+           " is not a node index in [0, ", n, ")");
   return {n, h, d, e};
 }
 

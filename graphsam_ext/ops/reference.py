@@ -94,3 +94,65 @@ def sgd_step_(param: Tensor, grad: Tensor, momentum_buffer: Tensor, step: Tensor
             momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
         grad = grad.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
     param.add_(grad, alpha=-lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse graph attention (semantics documented in graphsam_ext.ops.graph_attention)
+# ---------------------------------------------------------------------------------------------
+
+
+def csr_destinations(rowptr: Tensor, num_edges: int) -> Tensor:
+    """The destination node of every edge of a CSR graph, (num_edges,) int64."""
+    counts = (rowptr[1:] - rowptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=rowptr.device), counts,
+                                   output_size=num_edges)
+
+
+def segment_softmax(scores: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
+    """Softmax of (num_edges, heads) scores over the edges that share a destination node."""
+    heads = scores.shape[1]
+    index = dst.view(-1, 1).expand_as(scores)
+    row_max = scores.new_full((num_nodes, heads), float("-inf")).scatter_reduce(
+        0, index, scores, reduce="amax", include_self=True)
+    # a row whose every score is -inf keeps -inf as its max; shift by 0 there instead of NaN
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max.index_select(0, dst))
+    denom = scores.new_zeros((num_nodes, heads)).index_add(0, dst, weights)
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return weights / denom.index_select(0, dst)
+
+
+def graph_attention(q: Tensor, k: Tensor, v: Tensor, rowptr: Tensor, col: Tensor, edge: Tensor | None,
+                    bias: Tensor | None, scale: float) -> Tensor:
+    """Gather + segment softmax + index_add: materializes (num_edges, heads, dim) tensors."""
+    num_nodes, num_edges = q.shape[0], col.shape[0]
+    dst = csr_destinations(rowptr, num_edges)
+    src = col.long()
+    keys = k.index_select(0, src)
+    values = v.index_select(0, src)
+    if edge is not None:
+        keys = keys + edge
+        values = values + edge
+    scores = (q.index_select(0, dst) * keys).sum(-1) * scale
+    if bias is not None:
+        scores = scores + bias
+    alpha = segment_softmax(scores, dst, num_nodes)
+    return torch.zeros_like(q).index_add(0, dst, values * alpha.unsqueeze(-1))
+
+
+def graph_attention_lse(q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, edge: Tensor | None,
+                        bias: Tensor | None, scale: float) -> Tensor:
+    """log sum_e exp(score_e) per (node, head), 0 for nodes without incoming edges (as the kernels)."""
+    num_nodes, num_edges = q.shape[0], col.shape[0]
+    dst = csr_destinations(rowptr, num_edges)
+    keys = k.index_select(0, col.long())
+    if edge is not None:
+        keys = keys + edge
+    scores = (q.index_select(0, dst) * keys).sum(-1) * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.full((num_nodes, q.shape[1]), float("-inf"), dtype=scores.dtype, device=q.device)
+    lse = lse.scatter_reduce(0, dst.view(-1, 1).expand_as(scores), scores, reduce="amax", include_self=True)
+    shift = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    total = torch.zeros_like(lse).index_add(0, dst, torch.exp(scores - shift.index_select(0, dst)))
+    return torch.where(total > 0, shift + torch.log(total), torch.zeros_like(total))

@@ -1,0 +1,42 @@
+"""Graph readouts: pool node states (N, hidden) into one vector per molecule (G, hidden)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+READOUT_NAMES = ("mean", "sum", "attention")
+
+
+def _segment_sum(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    out = x.new_zeros((num_graphs,) + tuple(x.shape[1:]))
+    return out.index_add_(0, batch, x)
+
+
+class Readout(nn.Module):
+    """``mean`` / ``sum`` of node states per graph, or ``attention`` pooling.
+
+    Attention pooling: a_i = softmax over the atoms of its molecule of w^T h_i, out = sum_i a_i h_i.
+    A molecule without atoms (possible after filtering) gives a zero vector.
+    """
+
+    def __init__(self, kind: str, hidden: int):
+        super().__init__()
+        if kind not in READOUT_NAMES:
+            raise ValueError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {kind!r}")
+        self.kind = kind
+        self.gate = nn.Linear(hidden, 1) if kind == "attention" else None
+
+    def forward(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        """h: (N, hidden); batch: (N,) graph index of each node -> (num_graphs, hidden)."""
+        if self.kind == "sum":
+            return _segment_sum(h, batch, num_graphs)
+        if self.kind == "mean":
+            counts = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(h.dtype)
+            return _segment_sum(h, batch, num_graphs) / counts.unsqueeze(-1)
+        score = self.gate(h).squeeze(-1)
+        # subtract each molecule's max score so exp() cannot overflow
+        seg_max = torch.full((num_graphs,), float("-inf"), dtype=score.dtype, device=score.device)
+        seg_max = seg_max.scatter_reduce(0, batch, score, reduce="amax", include_self=True)
+        weight = torch.exp(score - seg_max[batch])
+        denom = _segment_sum(weight, batch, num_graphs).clamp_min(torch.finfo(h.dtype).tiny)
+        return _segment_sum(h * (weight / denom[batch]).unsqueeze(-1), batch, num_graphs)

@@ -1,0 +1,159 @@
+"""The molecular graph transformer that GraphSAM trains.
+
+    h0 = AtomEmbed(x)                          x: (N, atom_dim) -> (N, hidden)
+    e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
+    h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l)      l = 1..L
+    g  = Readout(LayerNorm(h_L), batch)        (G, hidden)
+    out = MLP(g)                               (G, num_tasks): logits or standardized values
+
+Attention runs over the edges of the batch's CSR: the bonds, or (``attention="pairs"``) every
+atom pair of a molecule within topological distance K as produced by a featurizer built with
+``pair_distance=K``. In pair mode each layer adds a learned per-head bias indexed by the pair's
+topological distance to the attention score, so the model can learn how fast attention should
+fall off with distance instead of fixing it (CoMPT multiplies by exp(-0.1 d)). The distance is
+read from the pair edge features, whose last ``distance_bins + 1`` columns are the one-hot
+distance 1..bins followed by the "different fragments" flag (see ``graphsam_ext.data``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from graphsam_ext.models.readout import READOUT_NAMES, Readout
+
+ATTENTION_NAMES = ("bonds", "pairs")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`MolecularGraphTransformer` (stored in checkpoints).
+
+    atom_dim / edge_dim: input feature widths (from the featurizer); num_tasks: outputs.
+    hidden: node state width; layers: transformer layers; heads: attention heads (hidden must be
+    divisible by heads); edge_hidden: width of the shared bond embedding; ffn_multiplier: the
+    feed-forward block's width over hidden; readout: mean / sum / attention; head_hidden: width
+    of the MLP head's hidden layer (default hidden); attention: bonds or pairs; distance_bins:
+    the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only).
+    """
+
+    atom_dim: int
+    edge_dim: int
+    num_tasks: int
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    edge_hidden: int = 64
+    dropout: float = 0.1
+    ffn_multiplier: int = 2
+    readout: str = "mean"
+    head_hidden: int | None = None
+    attention: str = "bonds"
+    distance_bins: int = 0
+
+    def __post_init__(self):
+        for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
+                     "ffn_multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {name} must be a positive integer, got {value!r}")
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"model hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
+                f"try hidden={self.heads * max(1, round(self.hidden / self.heads))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model dropout must be in [0, 1), got {self.dropout}")
+        if self.readout not in READOUT_NAMES:
+            raise ValueError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {self.readout!r}")
+        if self.attention not in ATTENTION_NAMES:
+            raise ValueError(
+                f"attention must be one of {', '.join(ATTENTION_NAMES)}; got {self.attention!r}"
+            )
+        if self.attention == "pairs" and not (isinstance(self.distance_bins, int) and self.distance_bins >= 1):
+            raise ValueError(
+                "attention='pairs' needs distance_bins >= 1: featurize with Featurizer(pair_distance=K) and "
+                "pass distance_bins=featurizer.distance_bins"
+            )
+        if self.attention == "pairs" and self.edge_dim < self.distance_bins + 2:
+            raise ValueError(
+                f"edge_dim {self.edge_dim} is too small to hold {self.distance_bins} distance bins; "
+                "pass the featurizer's edge_dim and distance_bins"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MolecularGraphTransformer(nn.Module):
+    """Sparse graph transformer over a :class:`~graphsam_ext.data.BatchGraph`; see the module
+    docstring for the equations and :class:`ModelConfig` for the knobs."""
+
+    def __init__(self, config: ModelConfig | None = None, **kwargs):
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a ModelConfig or keyword arguments, not both")
+        self.config = config
+        from graphsam_ext.nn import GraphTransformerLayer
+
+        c = config
+        self.atom_embed = nn.Sequential(nn.Linear(c.atom_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.hidden))
+        self.bond_embed = nn.Sequential(nn.Linear(c.edge_dim, c.edge_hidden), nn.GELU())
+        self.layers = nn.ModuleList(
+            GraphTransformerLayer(c.hidden, c.heads, edge_dim=c.edge_hidden, dropout=c.dropout,
+                                  ffn_multiplier=c.ffn_multiplier)
+            for _ in range(c.layers)
+        )
+        if c.attention == "pairs":
+            # entries 0..bins-1: distance 1..bins; entry bins: atoms in different fragments
+            self.distance_bias = nn.ModuleList(nn.Embedding(c.distance_bins + 1, c.heads) for _ in range(c.layers))
+            for emb in self.distance_bias:
+                nn.init.zeros_(emb.weight)
+        else:
+            self.distance_bias = None
+        self.norm = nn.LayerNorm(c.hidden)
+        self.readout = Readout(c.readout, c.hidden)
+        head_hidden = c.head_hidden or c.hidden
+        self.head = nn.Sequential(
+            nn.Linear(c.hidden, head_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(head_hidden, c.num_tasks)
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, batch) -> torch.Tensor:
+        """batch: a BatchGraph (x (N, atom_dim), edge_attr (E, edge_dim) in CSR order, rowptr,
+        col, batch, num_graphs). Returns (G, num_tasks): logits or standardized values."""
+        if batch.x.shape[-1] != self.config.atom_dim or batch.edge_attr.shape[-1] != self.config.edge_dim:
+            raise ValueError(
+                f"batch features (atoms {batch.x.shape[-1]}, edges {batch.edge_attr.shape[-1]}) do not match "
+                f"the model's (atoms {self.config.atom_dim}, edges {self.config.edge_dim}); featurize with the "
+                "featurizer the model was built for"
+            )
+        h = self.atom_embed(batch.x)
+        e = self.bond_embed(batch.edge_attr)
+        biases = self._distance_biases(batch.edge_attr)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, batch.rowptr, batch.col, e, None if biases is None else biases[i])
+        g = self.readout(self.norm(h), batch.batch, batch.num_graphs)
+        return self.head(g)
+
+    def _distance_biases(self, edge_attr: torch.Tensor):
+        """Per-layer (E, heads) score biases from the one-hot distance block of the edges."""
+        if self.distance_bias is None:
+            return None
+        bins = self.config.distance_bins
+        block = edge_attr[:, edge_attr.shape[1] - bins - 1:]
+        idx = block.argmax(dim=-1)
+        return [emb(idx) for emb in self.distance_bias]

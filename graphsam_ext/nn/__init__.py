@@ -1,0 +1,5 @@
+"""Graph attention layers built on :func:`graphsam_ext.ops.graph_attention`."""
+from graphsam_ext.nn.attention import GraphAttention
+from graphsam_ext.nn.transformer import GraphTransformerLayer
+
+__all__ = ["GraphAttention", "GraphTransformerLayer"]

@@ -1,0 +1,349 @@
+"""Training of one model with one optimizer on one seed's split: the epoch loop, evaluation,
+model selection on the validation metric, early stopping, checkpoints and exact resume."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from graphsam_ext import __version__
+from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
+from graphsam_ext.train.checkpoint import load_checkpoint, save_checkpoint
+from graphsam_ext.train.config import TrainConfig
+from graphsam_ext.train.losses import loss_for
+from graphsam_ext.train.metrics import evaluate, is_better
+from graphsam_ext.train.optimizers import build_optimizer, zeroes_own_grads
+from graphsam_ext.train.schedules import StepSchedule
+from graphsam_ext.train.targets import TargetScaler
+
+
+@dataclass
+class SplitData:
+    """One seed's data: the dataset, its split indices and the train-split target scaler."""
+
+    dataset: object
+    train: list
+    val: list
+    test: list
+    scaler: TargetScaler | None
+
+    @property
+    def task_type(self) -> str:
+        return self.dataset.task_type
+
+
+def epoch_order(train_indices, seed: int, epoch: int) -> list:
+    """The training order of an epoch: a function of (seed, epoch) only, so a resumed run and
+    every optimizer compared on this seed see the same batches."""
+    rng = np.random.default_rng([seed, epoch])
+    return [train_indices[i] for i in rng.permutation(len(train_indices))]
+
+
+def build_model(cfg: TrainConfig, dataset) -> MolecularGraphTransformer:
+    feat = dataset.featurizer
+    model_cfg = ModelConfig(
+        atom_dim=feat.atom_dim,
+        edge_dim=feat.edge_dim,
+        num_tasks=len(dataset.task_names),
+        distance_bins=feat.distance_bins if cfg.attention == "pairs" else 0,
+        **cfg.model_kwargs(),
+    )
+    return MolecularGraphTransformer(model_cfg)
+
+
+@torch.no_grad()
+def predict_batches(model, batches, device, task_type: str, scaler: TargetScaler | None):
+    """Predictions in original units (probabilities for classification) for an iterable of
+    BatchGraphs; returns numpy (pred, y, mask), each (num_molecules, num_tasks)."""
+    model.eval()
+    preds, ys, masks = [], [], []
+    for batch in batches:
+        batch = batch.to(device)
+        out = model(batch)
+        out = torch.sigmoid(out) if task_type == "classification" else scaler.inverse_transform(out)
+        preds.append(out.float().cpu())
+        ys.append(batch.y.float().cpu())
+        masks.append(batch.mask.cpu())
+    if not preds:
+        return np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0), dtype=bool)
+    return torch.cat(preds).numpy(), torch.cat(ys).numpy(), torch.cat(masks).numpy()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class SeedRun:
+    """Trains ``optimizer_name`` on one seed's split, writing ``last.pt``, ``best.pt`` and
+    ``result.json`` into ``out_dir``; an existing ``last.pt`` there is resumed from exactly.
+
+    progress: show tqdm bars; log: where one-line messages go (None: nowhere).
+    """
+
+    def __init__(self, cfg: TrainConfig, optimizer_name: str, seed: int, data: SplitData, out_dir,
+                 device, *, progress: bool = False, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.optimizer_name = optimizer_name
+        self.seed = seed
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.log = log or (lambda msg: None)
+        self.metric = cfg.metric or ("roc_auc" if data.task_type == "classification" else "rmse")
+        self.loss_fn = loss_for(data.task_type)
+        self._ready = False
+
+    # -- the pieces a checkpoint holds ---------------------------------------------------------
+    def _static_payload(self) -> dict:
+        ds = self.data.dataset
+        return {
+            "graphsam_ext_version": __version__,
+            "model_config": self.model.config.to_dict(),
+            "task_names": list(ds.task_names),
+            "task_type": ds.task_type,
+            "scaler": None if self.data.scaler is None else self.data.scaler.state_dict(),
+            "featurizer": ds.featurizer.config(),
+            "data_summary": json.loads(json.dumps(getattr(ds, "summary", {}), default=str)),
+            "train_config": self.cfg.to_dict(),
+            "optimizer_name": self.optimizer_name,
+            "seed": self.seed,
+            "metric": self.metric,
+        }
+
+    def _setup(self):
+        torch.manual_seed(self.seed)
+        self.model = build_model(self.cfg, self.data.dataset).to(self.device)
+        # this run's own random stream (dropout): runs interleaved epoch by epoch in one process
+        # must not draw from each other's, or results would depend on what else ran
+        self.rng = _rng_state(self.device)
+        cfg = self.cfg
+        self.optimizer = build_optimizer(
+            self.optimizer_name, self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+            rho=cfg.rho, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, sam_every=cfg.sam_every,
+        )
+        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
+        self.scheduler = StepSchedule(
+            self.optimizer, schedule=cfg.schedule, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.lr,
+            init_lr=cfg.init_lr, final_lr=cfg.final_lr, warmup_epochs=cfg.warmup_epochs,
+            decay_epochs=cfg.decay_epochs, total_epochs=cfg.epochs,
+        )
+        self.own_grads = zeroes_own_grads(self.optimizer)
+        self.history: list[dict] = []
+        self.best_value: float | None = None
+        self.best_epoch = -1
+        self.best_state = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+
+    def _resume(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        # a resumed run may be given more epochs; the cosine schedule then stretches to them
+        self.scheduler.kwargs["total_epochs"] = self.cfg.epochs
+        self.history = list(ckpt["history"])
+        self.best_value = ckpt["best_value"]
+        self.best_epoch = ckpt["best_epoch"]
+        self.best_state = ckpt["best_state"]
+        self.bad_epochs = ckpt["bad_epochs"]
+        # a resumed run may also be given more patience
+        self.stopped_early = self.bad_epochs >= self.cfg.patience
+        self.rng = ckpt["rng"]
+
+    def _save_last(self) -> None:
+        save_checkpoint(
+            {
+                **self._static_payload(),
+                "epoch": len(self.history),
+                "model_state": self.model.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict(),
+                "history": self.history,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "best_state": self.best_state,
+                "bad_epochs": self.bad_epochs,
+                "stopped_early": self.stopped_early,
+                "rng": self.rng,
+            },
+            self.out_dir / "last.pt",
+        )
+
+    def _save_best(self) -> None:
+        save_checkpoint(
+            {**self._static_payload(), "epoch": self.best_epoch + 1, "model_state": self.best_state,
+             "val_metrics": self.history[self.best_epoch]["val"]},
+            self.out_dir / "best.pt",
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _loader(self, indices):
+        from graphsam_ext.data import make_loader
+
+        return make_loader(self.data.dataset, indices, batch_size=self.cfg.batch_size, shuffle=False,
+                           num_workers=self.cfg.num_workers)
+
+    def _train_epoch(self, epoch: int, bar_factory) -> dict:
+        model, opt, device = self.model, self.optimizer, self.device
+        scaler = self.data.scaler
+        model.train()
+        if hasattr(opt, "start_epoch"):
+            opt.start_epoch()
+        passes = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        steps = 0
+        lr = opt.param_groups[0]["lr"]
+        _set_rng_state(self.rng, device)
+        _sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for batch in bar_factory(self._loader(epoch_order(self.data.train, self.seed, epoch)),
+                                 total=self.steps_per_epoch, desc=f"epoch {epoch + 1}", leave=False):
+            batch = batch.to(device, non_blocking=True)
+            target = batch.y if scaler is None else scaler.transform(batch.y)
+
+            def closure():
+                nonlocal passes
+                passes += 1
+                loss = self.loss_fn(model(batch), target, batch.mask)
+                loss.backward()
+                return loss
+
+            if not self.own_grads:
+                opt.zero_grad(set_to_none=True)
+            loss = opt.step(closure)
+            self.scheduler.step()
+            loss_sum += loss.detach().to(torch.float64)
+            steps += 1
+        _sync(device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        self.rng = _rng_state(device)
+        return {"train_loss": float(loss_sum) / max(steps, 1), "train_seconds": seconds,
+                "train_cpu_seconds": cpu_seconds, "passes": passes,
+                "steps": steps, "lr": lr, "rho": opt.param_groups[0].get("rho")}
+
+    def _evaluate(self, indices) -> dict:
+        pred, y, mask = predict_batches(self.model, self._loader(indices), self.device, self.data.task_type,
+                                        self.data.scaler)
+        if pred.size == 0:
+            return {}
+        return evaluate(y, pred, mask, self.data.task_type)
+
+    @property
+    def finished(self) -> bool:
+        return self._ready and (self.stopped_early or len(self.history) >= self.cfg.epochs)
+
+    def _prepare(self) -> None:
+        """Build everything once; continue from ``last.pt`` when the directory has one."""
+        if self._ready:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        last = self.out_dir / "last.pt"
+        if last.exists():
+            ckpt = load_checkpoint(last, map_location=self.device)
+            if ckpt["optimizer_name"] != self.optimizer_name or ckpt["seed"] != self.seed:
+                raise ValueError(f"{last} belongs to optimizer {ckpt['optimizer_name']} seed {ckpt['seed']}, "
+                                 f"not {self.optimizer_name} seed {self.seed}")
+            self._resume(ckpt)
+            self.log(f"{self.optimizer_name} seed {self.seed}: resuming after epoch {len(self.history)}")
+        self._ready = True
+
+    def run(self, stop_after_epochs: int | None = None) -> dict:
+        """Train until ``cfg.epochs`` or early stopping, or until ``stop_after_epochs`` epochs are
+        done in total (to interleave several runs epoch by epoch, or to simulate an interruption;
+        calling ``run`` again continues). Returns the result dict, which holds the test metrics of
+        the selected checkpoint once training is complete."""
+        self._prepare()
+        bar_factory = _bar_factory(self.progress)
+        epochs = bar_factory(range(len(self.history), self.cfg.epochs), initial=len(self.history),
+                             total=self.cfg.epochs, desc=f"{self.optimizer_name} seed {self.seed}", leave=False)
+        for epoch in epochs:
+            if self.stopped_early or (stop_after_epochs is not None and epoch >= stop_after_epochs):
+                break
+            record = {"epoch": epoch + 1, **self._train_epoch(epoch, bar_factory)}
+            start = time.perf_counter()
+            record["val"] = self._evaluate(self.data.val)
+            record["eval_seconds"] = time.perf_counter() - start
+            record["elapsed_seconds"] = (self.history[-1]["elapsed_seconds"] if self.history else 0.0) + \
+                record["train_seconds"] + record["eval_seconds"]
+            self.history.append(record)
+            value = record["val"].get(self.metric, math.nan)
+            if is_better(self.metric, value, self.best_value):
+                self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                self._save_best()
+            else:
+                self.bad_epochs += 1
+                self.stopped_early = self.bad_epochs >= self.cfg.patience
+            self._save_last()
+            if hasattr(epochs, "set_postfix"):
+                epochs.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{self.metric}": f"{value:.4f}"})
+        finished = self.stopped_early or len(self.history) >= self.cfg.epochs
+        result = self._result(finished)
+        if finished:
+            (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default))
+        return result
+
+    def _result(self, finished: bool) -> dict:
+        h = self.history
+        result = {
+            "optimizer": self.optimizer_name,
+            "seed": self.seed,
+            "finished": finished,
+            "epochs_run": len(h),
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch + 1,
+            "metric": self.metric,
+            "val": h[self.best_epoch]["val"] if self.best_epoch >= 0 else {},
+            "num_parameters": self.model.num_parameters(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_seconds_per_epoch": float(np.mean([r["train_seconds"] for r in h])) if h else math.nan,
+            "train_cpu_seconds_per_epoch": float(np.mean([r["train_cpu_seconds"] for r in h])) if h else math.nan,
+            "epoch_seconds": float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in h])) if h else math.nan,
+            "passes_per_epoch": float(np.mean([r["passes"] for r in h])) if h else math.nan,
+            "history": h,
+        }
+        if finished and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            result["test"] = self._evaluate(self.data.test)
+        return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+def _bar_factory(enabled: bool):
+    """tqdm when progress is wanted and available, else a pass-through."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return lambda it, **kw: tqdm(it, dynamic_ncols=True, **kw)
+        except ImportError:
+            pass
+    return lambda it, **kw: it
