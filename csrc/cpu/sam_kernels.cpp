@@ -52,6 +52,17 @@ const int64_t* offsets_ptr(const c10::optional<at::Tensor>& offsets) {
 template <typename T>
 double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (power == 0 && shift == 0.0) {
+    // the common case, kept branch-free so the compiler vectorizes it
+    int64_t i = lo;
+    for (; i + 8 <= hi; i += 8)
+      for (int j = 0; j < 8; ++j) {
+        const double a = static_cast<double>(x[i + j]);
+        acc[j] += a * a;
+      }
+    for (; i < hi; ++i) acc[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
   int64_t i = lo;
   for (; i + 8 <= hi; i += 8)
     for (int j = 0; j < 8; ++j) acc[j] += square_term<T, double>(x[i + j], w ? w[i + j] : T(0), power, shift);
@@ -68,9 +79,12 @@ void perturb_range(T* p, T* b, const T* d, int64_t lo, int64_t hi, T scale, bool
   }
 }
 
+// Updates d over [lo, hi) and returns the sum of squares of the new values (same pass).
 template <typename T>
-void direction_range(T* d, const T* g, int64_t lo, int64_t hi, T inv, T beta, T one_minus_beta, bool init) {
+double direction_range(T* d, const T* g, int64_t lo, int64_t hi, T inv, T beta, T one_minus_beta, bool init) {
   for (int64_t i = lo; i < hi; ++i) d[i] = direction_element<T>(d[i], g[i], inv, beta, one_minus_beta, init);
+  // the range is one chunk at most, so it is still in cache for the sum
+  return sum_squares_range<T>(d, nullptr, 0, 0.0, lo, hi);
 }
 
 template <typename T>
@@ -186,14 +200,20 @@ at::Tensor direction_update_cpu(at::Tensor& direction, const at::Tensor& grad, c
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t bt = static_cast<scalar_t>(beta);
     const scalar_t omb = static_cast<scalar_t>(1.0 - beta);
-    if (!skipped) {
-      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-        for_each_segment(off, nseg, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
-          direction_range<scalar_t>(d, g, lo, hi, static_cast<scalar_t>(inv[off ? s : 0]), bt, omb, init);
+    if (skipped) return sum_squares_impl<scalar_t>(d, nullptr, 0, 0.0, n, nullptr, 0, direction.options());
+    // fixed chunks, partial sums combined in order: deterministic whatever the thread count
+    const int64_t nchunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> partial(nchunks, 0.0);
+    at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        for_each_segment(off, nseg, c * kChunk, std::min(n, (c + 1) * kChunk), [&](int64_t s, int64_t lo, int64_t hi) {
+          partial[c] += direction_range<scalar_t>(d, g, lo, hi, static_cast<scalar_t>(inv[off ? s : 0]), bt, omb, init);
         });
-      });
-    }
-    return sum_squares_impl<scalar_t>(d, nullptr, 0, 0.0, n, nullptr, 0, direction.options());
+      }
+    });
+    double total = 0.0;
+    for (double v : partial) total += v;
+    return at::scalar_tensor(total, direction.options().dtype(at::kDouble));
   });
 }
 
