@@ -14,6 +14,14 @@
 namespace graphsam_ext {
 namespace {
 
+// The loops are also compiled for AVX2 and picked at load time (an ifunc). FMA stays off in
+// both versions, so the arithmetic (and the result) is the same whichever runs.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define GSE_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GSE_CPU_CLONES
+#endif
+
 constexpr const char* kBackend = "CPU";
 constexpr int64_t kGrain = 32768;
 constexpr int64_t kChunk = 16384;
@@ -50,7 +58,7 @@ const int64_t* offsets_ptr(const c10::optional<at::Tensor>& offsets) {
 
 // Sum of square_term over [lo, hi) with 8 independent accumulators (fixed order: deterministic).
 template <typename T>
-double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
+GSE_CPU_CLONES double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (power == 0 && shift == 0.0) {
     // the common case, kept branch-free so the compiler vectorizes it
@@ -71,7 +79,7 @@ double sum_squares_range(const T* x, const T* w, int power, double shift, int64_
 }
 
 template <typename T>
-void perturb_range(T* p, T* b, const T* d, int64_t lo, int64_t hi, T scale, bool adaptive) {
+GSE_CPU_CLONES void perturb_range(T* p, T* b, const T* d, int64_t lo, int64_t hi, T scale, bool adaptive) {
   for (int64_t i = lo; i < hi; ++i) {
     const T pi = p[i];
     b[i] = pi;
@@ -81,14 +89,14 @@ void perturb_range(T* p, T* b, const T* d, int64_t lo, int64_t hi, T scale, bool
 
 // Updates d over [lo, hi) and returns the sum of squares of the new values (same pass).
 template <typename T>
-double direction_range(T* d, const T* g, int64_t lo, int64_t hi, T inv, T beta, T one_minus_beta, bool init) {
+GSE_CPU_CLONES double direction_range(T* d, const T* g, int64_t lo, int64_t hi, T inv, T beta, T one_minus_beta, bool init) {
   for (int64_t i = lo; i < hi; ++i) d[i] = direction_element<T>(d[i], g[i], inv, beta, one_minus_beta, init);
   // the range is one chunk at most, so it is still in cache for the sum
   return sum_squares_range<T>(d, nullptr, 0, 0.0, lo, hi);
 }
 
 template <typename T>
-void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64_t lo, int64_t hi, T omb1, T b2, T omb2, T eps,
+GSE_CPU_CLONES void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64_t lo, int64_t hi, T omb1, T b2, T omb2, T eps,
                 T wd, bool decoupled, T decay, T step_size, T bc2) {
   for (int64_t i = lo; i < hi; ++i) {
     T pi = src[i], mi = m[i], vi = v[i];
@@ -100,7 +108,7 @@ void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64_t lo, int64_t 
 }
 
 template <typename T>
-void sgd_range(T* p, const T* src, const T* g, T* buf, int64_t lo, int64_t hi, bool first, T lr, T momentum,
+GSE_CPU_CLONES void sgd_range(T* p, const T* src, const T* g, T* buf, int64_t lo, int64_t hi, bool first, T lr, T momentum,
                T one_minus_dampening, T wd, bool nesterov) {
   for (int64_t i = lo; i < hi; ++i) {
     T pi = src[i];
