@@ -3,6 +3,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <initializer_list>
+#include <utility>
+
 #define GSE_CHECK(cond, op, backend, ...) TORCH_CHECK(cond, op, " (", backend, "): ", __VA_ARGS__)
 
 namespace graphsam_ext {
@@ -52,6 +55,75 @@ inline void check_scalar_tensor(const at::Tensor& t, const at::Tensor& like, con
                                 const char* backend) {
   GSE_CHECK(t.device() == like.device(), op, backend, name, " is on ", t.device(), " but the data is on ",
             like.device(), "; keep it on the same device (no host sync)");
+}
+
+}  // namespace graphsam_ext
+
+// ---- per-op argument checks of the flat-buffer SAM ops, shared by both backends ----
+namespace graphsam_ext {
+
+inline void check_skip(const c10::optional<at::Tensor>& skip, const at::Tensor& like, const char* op,
+                       const char* backend) {
+  if (!skip.has_value()) return;
+  check_scalar_tensor(*skip, like, "skip", op, backend);
+  GSE_CHECK(skip->numel() == 1, op, backend, "skip must hold one element");
+}
+
+inline int64_t check_sum_squares(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                 const c10::optional<at::Tensor>& offsets, int64_t weight_power,
+                                 const char* backend) {
+  const char* op = "sum_squares";
+  check_param(x, op, backend);
+  GSE_CHECK(weight_power >= 0 && weight_power <= 2, op, backend, "weight_power must be 0, 1 or 2, got ",
+            weight_power);
+  GSE_CHECK(weight_power == 0 || weight.has_value(), op, backend, "weight_power > 0 needs a weight tensor");
+  if (weight.has_value()) check_flat(*weight, x, "weight", op, backend);
+  return check_offsets(offsets, x, op, backend);
+}
+
+// Checks a 0-dim value, or one value per segment when offsets are given; returns nseg.
+inline int64_t check_segment_values(const at::Tensor& values, const char* name, const at::Tensor& like,
+                                    const c10::optional<at::Tensor>& offsets, const char* op, const char* backend) {
+  const int64_t nseg = check_offsets(offsets, like, op, backend);
+  check_scalar_tensor(values, like, name, op, backend);
+  GSE_CHECK(values.numel() == (offsets ? nseg : 1), op, backend, name, " must have ", (offsets ? nseg : 1),
+            " element(s) (one per segment), got ", values.numel());
+  return nseg;
+}
+
+inline int64_t check_perturb(const at::Tensor& param, const at::Tensor& backup, const at::Tensor& direction,
+                             const at::Tensor& scale, const c10::optional<at::Tensor>& offsets,
+                             const c10::optional<at::Tensor>& skip, const char* backend) {
+  const char* op = "perturb_";
+  check_param(param, op, backend);
+  check_flat(backup, param, "backup", op, backend);
+  check_flat(direction, param, "direction", op, backend);
+  check_skip(skip, param, op, backend);
+  return check_segment_values(scale, "scale", param, offsets, op, backend);
+}
+
+inline int64_t check_direction_update(const at::Tensor& direction, const at::Tensor& grad,
+                                      const at::Tensor& inv_norm, const c10::optional<at::Tensor>& offsets,
+                                      double beta, const c10::optional<at::Tensor>& skip, const char* backend) {
+  const char* op = "direction_update_";
+  check_param(direction, op, backend);
+  check_flat(grad, direction, "grad", op, backend);
+  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, backend, "beta must be in [0, 1), got ", beta);
+  check_skip(skip, direction, op, backend);
+  return check_segment_values(inv_norm, "inv_norm", direction, offsets, op, backend);
+}
+
+// Shared by adam_step_ and sgd_step_: `state` are the optimizer buffers, checked like the param.
+inline void check_base_step(const char* op, const at::Tensor& param, const at::Tensor& grad,
+                            std::initializer_list<std::pair<const at::Tensor*, const char*>> state,
+                            const at::Tensor& step, const c10::optional<at::Tensor>& source,
+                            const c10::optional<at::Tensor>& skip, const char* backend) {
+  check_param(param, op, backend);
+  check_flat(grad, param, "grad", op, backend);
+  for (const auto& entry : state) check_flat(*entry.first, param, entry.second, op, backend);
+  if (source.has_value()) check_flat(*source, param, "source", op, backend);
+  check_scalar_tensor(step, param, "step", op, backend);
+  check_skip(skip, param, op, backend);
 }
 
 }  // namespace graphsam_ext

@@ -26,12 +26,8 @@ constexpr const char* kBackend = "CPU";
 constexpr int64_t kGrain = 32768;
 constexpr int64_t kChunk = 16384;
 
-bool read_skip(const c10::optional<at::Tensor>& skip, const at::Tensor& like, const char* op) {
-  if (!skip.has_value()) return false;
-  check_scalar_tensor(*skip, like, "skip", op, kBackend);
-  GSE_CHECK(skip->numel() == 1, op, kBackend, "skip must hold one element");
-  return skip->item<bool>();
-}
+// The flag was checked by the op's argument checks; on the CPU reading it costs no sync.
+bool read_skip(const c10::optional<at::Tensor>& skip) { return skip.has_value() && skip->item<bool>(); }
 
 // Calls fn(segment, lo, hi) for each piece of [begin, end) that lies in one segment.
 template <typename Fn>
@@ -141,13 +137,7 @@ at::Tensor sum_squares_impl(const T* x, const T* w, int power, double shift, int
 
 at::Tensor sum_squares_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                            const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
-  const char* op = "sum_squares";
-  check_param(x, op, kBackend);
-  GSE_CHECK(weight_power >= 0 && weight_power <= 2, op, kBackend, "weight_power must be 0, 1 or 2, got ",
-            weight_power);
-  GSE_CHECK(weight_power == 0 || weight.has_value(), op, kBackend, "weight_power > 0 needs a weight tensor");
-  if (weight.has_value()) check_flat(*weight, x, "weight", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, x, op, kBackend);
+  const int64_t nseg = check_sum_squares(x, weight, offsets, weight_power, kBackend);
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_squares_cpu", [&] {
     return sum_squares_impl<scalar_t>(x.data_ptr<scalar_t>(), weight ? weight->data_ptr<scalar_t>() : nullptr,
                                       static_cast<int>(weight_power), shift, x.numel(), offsets_ptr(offsets), nseg,
@@ -158,15 +148,8 @@ at::Tensor sum_squares_cpu(const at::Tensor& x, const c10::optional<at::Tensor>&
 // scale: 0-dim (one scale) or (nseg,) per segment; any floating dtype (read as double).
 void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direction, const at::Tensor& scale,
                  const c10::optional<at::Tensor>& offsets, bool adaptive, const c10::optional<at::Tensor>& skip) {
-  const char* op = "perturb_";
-  check_param(param, op, kBackend);
-  check_flat(backup, param, "backup", op, kBackend);
-  check_flat(direction, param, "direction", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, param, op, kBackend);
-  check_scalar_tensor(scale, param, "scale", op, kBackend);
-  GSE_CHECK(scale.numel() == (offsets ? nseg : 1), op, kBackend, "scale must have ", (offsets ? nseg : 1),
-            " element(s) (one per segment), got ", scale.numel());
-  const bool skipped = read_skip(skip, param, op);
+  const int64_t nseg = check_perturb(param, backup, direction, scale, offsets, skip, kBackend);
+  const bool skipped = read_skip(skip);
   const at::Tensor scale64 = scale.to(at::kDouble).contiguous();
   const double* sc = scale64.data_ptr<double>();
   const int64_t* off = offsets_ptr(offsets);
@@ -190,15 +173,8 @@ void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direct
 at::Tensor direction_update_cpu(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
                                 const c10::optional<at::Tensor>& offsets, double beta, bool init,
                                 const c10::optional<at::Tensor>& skip) {
-  const char* op = "direction_update_";
-  check_param(direction, op, kBackend);
-  check_flat(grad, direction, "grad", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, direction, op, kBackend);
-  check_scalar_tensor(inv_norm, direction, "inv_norm", op, kBackend);
-  GSE_CHECK(inv_norm.numel() == (offsets ? nseg : 1), op, kBackend, "inv_norm must have ", (offsets ? nseg : 1),
-            " element(s), got ", inv_norm.numel());
-  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, kBackend, "beta must be in [0, 1), got ", beta);
-  const bool skipped = read_skip(skip, direction, op);
+  const int64_t nseg = check_direction_update(direction, grad, inv_norm, offsets, beta, skip, kBackend);
+  const bool skipped = read_skip(skip);
   const at::Tensor inv64 = inv_norm.to(at::kDouble).contiguous();
   const double* inv = inv64.data_ptr<double>();
   const int64_t* off = offsets_ptr(offsets);
@@ -230,13 +206,9 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
                    const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
                    double weight_decay, bool decoupled) {
   const char* op = "adam_step_";
-  check_param(param, op, kBackend);
-  check_flat(grad, param, "grad", op, kBackend);
-  check_flat(exp_avg, param, "exp_avg", op, kBackend);
-  check_flat(exp_avg_sq, param, "exp_avg_sq", op, kBackend);
-  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
-  check_scalar_tensor(step, param, "step", op, kBackend);
-  const bool skipped = read_skip(skip, param, op);
+  check_base_step(op, param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source, skip,
+                  kBackend);
+  const bool skipped = read_skip(skip);
   if (skipped) {
     if (source.has_value()) param.copy_(*source);
     return;
@@ -262,12 +234,12 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
                   const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
                   double momentum, double dampening, double weight_decay, bool nesterov) {
   const char* op = "sgd_step_";
-  check_param(param, op, kBackend);
-  check_flat(grad, param, "grad", op, kBackend);
-  if (momentum != 0.0) check_flat(momentum_buffer, param, "momentum_buffer", op, kBackend);
-  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
-  check_scalar_tensor(step, param, "step", op, kBackend);
-  const bool skipped = read_skip(skip, param, op);
+  if (momentum != 0.0) {
+    check_base_step(op, param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, kBackend);
+  } else {
+    check_base_step(op, param, grad, {}, step, source, skip, kBackend);
+  }
+  const bool skipped = read_skip(skip);
   if (skipped) {
     if (source.has_value()) param.copy_(*source);
     return;

@@ -48,11 +48,9 @@ int64_t flat_blocks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sms) * 8));
 }
 
-const bool* skip_ptr(const c10::optional<at::Tensor>& skip, at::Tensor& holder, const at::Tensor& like,
-                     const char* op) {
+// The flag (checked by the op's argument checks) as a bool on the device, read by the kernel.
+const bool* skip_ptr(const c10::optional<at::Tensor>& skip, at::Tensor& holder) {
   if (!skip.has_value()) return nullptr;
-  check_scalar_tensor(*skip, like, "skip", op, kBackend);
-  GSE_CHECK(skip->numel() == 1, op, kBackend, "skip must hold one element");
   holder = skip->to(at::kBool).contiguous();
   return holder.data_ptr<bool>();
 }
@@ -80,13 +78,7 @@ void launch_sum_squares(const T* x, const T* w, int power, double shift, Segment
 
 at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                             const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
-  const char* op = "sum_squares";
-  check_param(x, op, kBackend);
-  GSE_CHECK(weight_power >= 0 && weight_power <= 2, op, kBackend, "weight_power must be 0, 1 or 2, got ",
-            weight_power);
-  GSE_CHECK(weight_power == 0 || weight.has_value(), op, kBackend, "weight_power > 0 needs a weight tensor");
-  if (weight.has_value()) check_flat(*weight, x, "weight", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, x, op, kBackend);
+  const int64_t nseg = check_sum_squares(x, weight, offsets, weight_power, kBackend);
   const c10::cuda::CUDAGuard guard(x.device());
   const Segments segs = make_segments(offsets, x.numel(), nseg);
   at::Tensor out = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
@@ -116,18 +108,11 @@ __global__ void perturb_kernel(T* p, T* backup, const T* d, const double* scale,
 
 void perturb_cuda(at::Tensor& param, at::Tensor& backup, const at::Tensor& direction, const at::Tensor& scale,
                   const c10::optional<at::Tensor>& offsets, bool adaptive, const c10::optional<at::Tensor>& skip) {
-  const char* op = "perturb_";
-  check_param(param, op, kBackend);
-  check_flat(backup, param, "backup", op, kBackend);
-  check_flat(direction, param, "direction", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, param, op, kBackend);
-  check_scalar_tensor(scale, param, "scale", op, kBackend);
-  GSE_CHECK(scale.numel() == (offsets ? nseg : 1), op, kBackend, "scale must have ", (offsets ? nseg : 1),
-            " element(s) (one per segment), got ", scale.numel());
+  const int64_t nseg = check_perturb(param, backup, direction, scale, offsets, skip, kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const bool* sk = skip_ptr(skip, skip_holder);
   const at::Tensor scale64 = scale.to(at::kDouble).contiguous();
   const Segments segs = make_segments(offsets, param.numel(), nseg);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "perturb_cuda", [&] {
@@ -164,19 +149,12 @@ __global__ void direction_kernel(T* d, const T* g, const double* inv, T beta, T 
 at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
                                  const c10::optional<at::Tensor>& offsets, double beta, bool init,
                                  const c10::optional<at::Tensor>& skip) {
-  const char* op = "direction_update_";
-  check_param(direction, op, kBackend);
-  check_flat(grad, direction, "grad", op, kBackend);
-  const int64_t nseg = check_offsets(offsets, direction, op, kBackend);
-  check_scalar_tensor(inv_norm, direction, "inv_norm", op, kBackend);
-  GSE_CHECK(inv_norm.numel() == (offsets ? nseg : 1), op, kBackend, "inv_norm must have ", (offsets ? nseg : 1),
-            " element(s), got ", inv_norm.numel());
-  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, kBackend, "beta must be in [0, 1), got ", beta);
+  const int64_t nseg = check_direction_update(direction, grad, inv_norm, offsets, beta, skip, kBackend);
   const c10::cuda::CUDAGuard guard(direction.device());
   at::Tensor out = at::zeros({}, direction.options().dtype(at::kDouble));
   if (direction.numel() == 0) return out;
   at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder, direction, op);
+  const bool* sk = skip_ptr(skip, skip_holder);
   const at::Tensor inv64 = inv_norm.to(at::kDouble).contiguous();
   const Segments segs = make_segments(offsets, direction.numel(), nseg);
   AT_DISPATCH_FLOATING_TYPES(direction.scalar_type(), "direction_update_cuda", [&] {
@@ -214,16 +192,12 @@ void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_a
                     const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
                     double weight_decay, bool decoupled) {
   const char* op = "adam_step_";
-  check_param(param, op, kBackend);
-  check_flat(grad, param, "grad", op, kBackend);
-  check_flat(exp_avg, param, "exp_avg", op, kBackend);
-  check_flat(exp_avg_sq, param, "exp_avg_sq", op, kBackend);
-  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
-  check_scalar_tensor(step, param, "step", op, kBackend);
+  check_base_step(op, param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source, skip,
+                  kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const bool* sk = skip_ptr(skip, skip_holder);
   const at::Tensor step64 = step.to(at::kDouble).contiguous();
   const int64_t n = param.numel();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cuda", [&] {
@@ -253,15 +227,15 @@ void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& moment
                    const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
                    double momentum, double dampening, double weight_decay, bool nesterov) {
   const char* op = "sgd_step_";
-  check_param(param, op, kBackend);
-  check_flat(grad, param, "grad", op, kBackend);
-  if (momentum != 0.0) check_flat(momentum_buffer, param, "momentum_buffer", op, kBackend);
-  if (source.has_value()) check_flat(*source, param, "source", op, kBackend);
-  check_scalar_tensor(step, param, "step", op, kBackend);
+  if (momentum != 0.0) {
+    check_base_step(op, param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, kBackend);
+  } else {
+    check_base_step(op, param, grad, {}, step, source, skip, kBackend);
+  }
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder, param, op);
+  const bool* sk = skip_ptr(skip, skip_holder);
   const at::Tensor step64 = step.to(at::kDouble).contiguous();
   const int64_t n = param.numel();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cuda", [&] {
