@@ -53,5 +53,5 @@ def run(make_opt, total, steps=10, dtype=torch.float32, device="cpu", groups=2, 
             loss = loss_fn(params, targets, batch)
             loss.backward()
             return loss
-        losses.append(float(opt.step(closure)))
+        losses.append(float(opt.step(closure).detach()))
     return params, opt, losses
