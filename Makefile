@@ -48,6 +48,7 @@ cuda-check:
 
 # the C++ build of the same sources against libtorch (for IDEs and C++ work)
 cmake-check: setup
+	mkdir -p build
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log
 	cmake --build build/cmake >> build/cmake.log
 	$(PY) scripts/check_native_lib.py build/cmake
