@@ -13,3 +13,11 @@ os.environ.setdefault("GRAPHSAM_CACHE_DIR", tempfile.mkdtemp(prefix="graphsam-te
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device"))
 DEVICES = ["cpu", CUDA]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One featurization cache for every data test module of the session."""
+    path = tmp_path_factory.getbasetemp() / "graphsam-data-cache"
+    path.mkdir(exist_ok=True)
+    return path

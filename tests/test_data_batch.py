@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from graphsam_ext.data import BatchGraph, Featurizer, Graph, MoleculeItem, collate, load_dataset, make_loader
+from tests.conftest import CUDA
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GRAPHSAM_DATA_DIR") or ROOT.parent / "shared" / "data" / "moleculenet")
@@ -22,14 +23,6 @@ def _has_rdkit() -> bool:
 
 
 needs_rdkit = pytest.mark.skipif(not _has_rdkit(), reason="RDKit not installed")
-CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device"))
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "graphsam-data-cache"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="module")

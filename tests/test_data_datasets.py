@@ -48,14 +48,6 @@ REGRESSION = {
 }
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One featurization cache for every data test module of the session (same base temp)."""
-    path = tmp_path_factory.getbasetemp() / "graphsam-data-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def datasets(shared_cache):
     if not (DATA_DIR / "tox21.csv").is_file():

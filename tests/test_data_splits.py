@@ -13,13 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GRAPHSAM_DATA_DIR") or ROOT.parent / "shared" / "data" / "moleculenet")
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "graphsam-data-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def bbbp(shared_cache):
     if not (DATA_DIR / "bbbp.csv").is_file():
