@@ -126,4 +126,23 @@ inline void check_base_step(const char* op, const at::Tensor& param, const at::T
   check_skip(skip, param, op, backend);
 }
 
+inline void check_adam_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                            const at::Tensor& exp_avg_sq, const at::Tensor& step,
+                            const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip,
+                            const char* backend) {
+  check_base_step("adam_step_", param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source,
+                  skip, backend);
+}
+
+// The momentum buffer is only read (and checked) when momentum != 0.
+inline void check_sgd_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& momentum_buffer,
+                           double momentum, const at::Tensor& step, const c10::optional<at::Tensor>& source,
+                           const c10::optional<at::Tensor>& skip, const char* backend) {
+  if (momentum != 0.0) {
+    check_base_step("sgd_step_", param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, backend);
+  } else {
+    check_base_step("sgd_step_", param, grad, {}, step, source, skip, backend);
+  }
+}
+
 }  // namespace graphsam_ext

@@ -205,9 +205,7 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
                    const at::Tensor& step, const c10::optional<at::Tensor>& source,
                    const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
                    double weight_decay, bool decoupled) {
-  const char* op = "adam_step_";
-  check_base_step(op, param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source, skip,
-                  kBackend);
+  check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
   const bool skipped = read_skip(skip);
   if (skipped) {
     if (source.has_value()) param.copy_(*source);
@@ -233,12 +231,7 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
 void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
                   const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
                   double momentum, double dampening, double weight_decay, bool nesterov) {
-  const char* op = "sgd_step_";
-  if (momentum != 0.0) {
-    check_base_step(op, param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, kBackend);
-  } else {
-    check_base_step(op, param, grad, {}, step, source, skip, kBackend);
-  }
+  check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
   const bool skipped = read_skip(skip);
   if (skipped) {
     if (source.has_value()) param.copy_(*source);

@@ -55,6 +55,18 @@ const bool* skip_ptr(const c10::optional<at::Tensor>& skip, at::Tensor& holder) 
   return holder.data_ptr<bool>();
 }
 
+// The skip flag and the step count of a base update, as device pointers the kernel reads.
+struct StepScalars {
+  at::Tensor skip_holder, step64;
+  const bool* skip;
+  const double* step;
+  StepScalars(const c10::optional<at::Tensor>& skip_flag, const at::Tensor& step_count)
+      : step64(step_count.to(at::kDouble).contiguous()) {
+    skip = skip_ptr(skip_flag, skip_holder);
+    step = step64.data_ptr<double>();
+  }
+};
+
 template <typename T>
 __global__ void sum_squares_kernel(const T* x, const T* w, int power, double shift, Segments segs, double* out) {
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
@@ -191,20 +203,16 @@ void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_a
                     const at::Tensor& step, const c10::optional<at::Tensor>& source,
                     const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
                     double weight_decay, bool decoupled) {
-  const char* op = "adam_step_";
-  check_base_step(op, param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source, skip,
-                  kBackend);
+  check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
-  at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder);
-  const at::Tensor step64 = step.to(at::kDouble).contiguous();
+  const StepScalars scalars(skip, step);
   const int64_t n = param.numel();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
     adam_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
-        exp_avg_sq.data_ptr<scalar_t>(), step64.data_ptr<double>(), sk, n, lr, beta1, beta2, eps, weight_decay,
+        exp_avg_sq.data_ptr<scalar_t>(), scalars.step, scalars.skip, n, lr, beta1, beta2, eps, weight_decay,
         decoupled);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -226,23 +234,16 @@ __global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double*
 void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
                    const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
                    double momentum, double dampening, double weight_decay, bool nesterov) {
-  const char* op = "sgd_step_";
-  if (momentum != 0.0) {
-    check_base_step(op, param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, kBackend);
-  } else {
-    check_base_step(op, param, grad, {}, step, source, skip, kBackend);
-  }
+  check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
-  at::Tensor skip_holder;
-  const bool* sk = skip_ptr(skip, skip_holder);
-  const at::Tensor step64 = step.to(at::kDouble).contiguous();
+  const StepScalars scalars(skip, step);
   const int64_t n = param.numel();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
     sgd_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(),
-        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, step64.data_ptr<double>(), sk, n,
+        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, scalars.step, scalars.skip, n,
         static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum), static_cast<scalar_t>(1.0 - dampening),
         static_cast<scalar_t>(weight_decay), nesterov);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
