@@ -4,7 +4,8 @@ The closure only refills the gradients from a preallocated buffer, so what is ti
 optimizer's own work. GB/s = bytes an ideal implementation moves per step / median time:
 the closure's refill (8 B/param: read the stored gradient, write .grad) plus the update
 (Adam 28 B/param; SAM adds two norm reads, the perturbation and backup (16 B) and a second
-refill; GraphSAM adds the perturbation, one norm read and the direction EMA (12 B)).
+refill; GraphSAM adds the perturbation, one norm read and the direction EMA, which reads and
+writes d (8 B) in the pass that reads the gradient for Adam).
 Ours also zero the gradient buffer before each closure (4 B/param, counted).
 
 Run: make bench (or GRAPHSAM_BENCH_DEVICE=cuda on a GPU machine).
@@ -32,8 +33,8 @@ BYTES = {  # per parameter per step, fp32
     "ours fused Adam": 4 + 8 + 28,
     "ours fused SAM": 2 * (4 + 8) + 4 + 16 + 4 + 28,
     "plain per-tensor SAM": 2 * 8 + 4 + 16 + 4 + 28,
-    "ours fused GraphSAM": 4 + 8 + 16 + 4 + 12 + 28,
-    "ours reference GraphSAM": 4 + 8 + 16 + 4 + 12 + 28,
+    "ours fused GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
+    "ours reference GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
 }
 
 

@@ -126,6 +126,29 @@ inline void check_base_step(const char* op, const at::Tensor& param, const at::T
   check_skip(skip, param, op, backend);
 }
 
+// The optional GraphSAM direction EMA of a base update: direction, inv_norm and direction_sq come
+// together; returns the number of segments of inv_norm (0 without offsets).
+inline int64_t check_direction_fold(const char* op, const at::Tensor& param,
+                                    const c10::optional<at::Tensor>& direction,
+                                    const c10::optional<at::Tensor>& inv_norm,
+                                    const c10::optional<at::Tensor>& offsets, double beta,
+                                    const c10::optional<at::Tensor>& direction_sq, const char* backend) {
+  if (!direction.has_value()) {
+    GSE_CHECK(!inv_norm.has_value() && !offsets.has_value() && !direction_sq.has_value(), op, backend,
+              "inv_norm, offsets and direction_sq are only used with a direction; pass direction too or none");
+    return 0;
+  }
+  GSE_CHECK(inv_norm.has_value() && direction_sq.has_value(), op, backend,
+            "a direction needs inv_norm (0-dim or one per segment) and direction_sq (0-dim float64 accumulator)");
+  check_flat(*direction, param, "direction", op, backend);
+  GSE_CHECK(beta >= 0.0 && beta < 1.0, op, backend, "beta must be in [0, 1), got ", beta);
+  check_scalar_tensor(*direction_sq, param, "direction_sq", op, backend);
+  GSE_CHECK(direction_sq->dim() == 0 && direction_sq->scalar_type() == at::kDouble, op, backend,
+            "direction_sq must be a 0-dim float64 tensor, got ", direction_sq->scalar_type(), " of shape ",
+            direction_sq->sizes());
+  return check_segment_values(*inv_norm, "inv_norm", param, offsets, op, backend);
+}
+
 inline void check_adam_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                             const at::Tensor& exp_avg_sq, const at::Tensor& step,
                             const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip,

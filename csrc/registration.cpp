@@ -15,10 +15,13 @@ TORCH_LIBRARY(graphsam_ext, m) {
   m.def(
       "adam_step_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor step, "
       "Tensor? source, Tensor? skip, float lr, float beta1, float beta2, float eps, float weight_decay, "
-      "bool decoupled) -> ()");
+      "bool decoupled, Tensor(d!)? direction=None, Tensor? inv_norm=None, Tensor? offsets=None, float beta=0., "
+      "Tensor(e!)? direction_sq=None) -> ()");
   m.def(
       "sgd_step_(Tensor(a!) param, Tensor grad, Tensor(b!) momentum_buffer, Tensor step, Tensor? source, "
-      "Tensor? skip, float lr, float momentum, float dampening, float weight_decay, bool nesterov) -> ()");
+      "Tensor? skip, float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
+      "Tensor(d!)? direction=None, Tensor? inv_norm=None, Tensor? offsets=None, float beta=0., "
+      "Tensor(e!)? direction_sq=None) -> ()");
   // ---- sparse graph attention (graphsam_ext/ops/graph_attention.py documents each) ----
   m.def(
       "graph_attention_forward(Tensor q, Tensor k, Tensor v, Tensor rowptr, Tensor col, Tensor? edge, Tensor? bias, "

@@ -153,6 +153,49 @@ def test_sgd_step(device, dtype, n, case, first, gen):
         torch.testing.assert_close(a, b, **tol(dtype))
 
 
+def base_step_args(kind, n, dtype, device, gen):
+    """(param, grad, state buffers..., step, source) for a base update of `kind`, fresh random."""
+    p, g, src, m = (rand(n, dtype, device, gen) for _ in range(4))
+    step = torch.tensor(float(torch.randint(1, 50, (1,), generator=gen)), device=device)
+    if kind == "adam":
+        v = rand(n, dtype, device, gen).abs()
+        return (p, g, m, v, step, src), dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+                                            decoupled=False)
+    return (p, g, m, step, src), dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-3, nesterov=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("skipped", [False, True])
+def test_base_step_with_direction(device, dtype, n, kind, segmented, skipped, gen):
+    """The direction EMA folded into a base update equals direction_update_ followed by the update."""
+    args, hp = base_step_args(kind, n, dtype, device, gen)
+    d = rand(n, dtype, device, gen)
+    offsets = random_offsets(n, gen, device) if segmented else None
+    nseg = offsets.numel() - 1 if segmented else 1
+    inv = (torch.rand(nseg, generator=gen, dtype=torch.float64) + 0.1).to(device)
+    inv = inv if segmented else inv[0]
+    skip = torch.tensor(skipped, device=device)
+    fused = [a.clone() for a in args] + [d.clone(), torch.full((), 0.25, dtype=torch.float64, device=device)]
+    getattr(ops, f"{kind}_step_")(*fused[:-2], skip=skip, direction=fused[-2], inv_norm=inv, offsets=offsets,
+                                  beta=0.9, direction_sq=fused[-1], **hp)
+    # the same with the reference code, and with the two native ops one after the other
+    ref = [a.clone() for a in args] + [d.clone(), torch.full((), 0.25, dtype=torch.float64, device=device)]
+    getattr(reference, f"{kind}_step_")(*ref[:-2], skip, *hp.values(), ref[-2], inv, offsets, 0.9, ref[-1])
+    d2 = d.clone()
+    sq2 = native("direction_update_")(d2, args[1], inv, offsets, 0.9, False, skip)
+    for a, b in zip(fused[:-1], ref[:-1]):
+        torch.testing.assert_close(a, b, **tol(dtype))
+    assert torch.equal(fused[-2], d2), "the folded EMA must match direction_update_ bit for bit"
+    torch.testing.assert_close(fused[-1], sq2 + 0.25, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused[-1], ref[-1], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12)
+    if skipped:
+        assert torch.equal(fused[0], args[-1]) and torch.equal(fused[-2], d)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_base_step_skip_restores_only(device, kind, gen):
@@ -180,6 +223,12 @@ def test_opcheck_every_op(gen):
         ("direction_update_", (d.clone(), g, torch.tensor(0.5, dtype=torch.float64), None, 0.9, False, skip)),
         ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)),
         ("sgd_step_", (p.clone(), g, m.clone(), step, None, None, 1e-2, 0.9, 0.0, 0.0, True)),
+        ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.0, False,
+                        d.clone(), torch.rand(4, dtype=torch.float64), offsets, 0.9,
+                        torch.zeros((), dtype=torch.float64))),
+        ("sgd_step_", (p.clone(), g, m.clone(), step, src, None, 1e-2, 0.9, 0.0, 0.0, False,
+                       d.clone(), torch.tensor(0.5, dtype=torch.float64), None, 0.5,
+                       torch.zeros((), dtype=torch.float64))),
     ]
     for name, args in cases:
         torch.library.opcheck(native(name), args)
@@ -198,6 +247,15 @@ def test_errors_name_the_argument():
                              1e-3, 0.9, 0.999, 1e-8, 0.0, False)
     with pytest.raises(RuntimeError, match="param must be float32 or float64"):
         native("sum_squares")(torch.zeros(3, dtype=torch.int32), None, None, 0, 0.0)
+    with pytest.raises(RuntimeError, match=r"adam_step_ \(CPU\): a direction needs inv_norm"):
+        native("adam_step_")(p, p.clone(), p.clone(), p.clone(), torch.tensor(1.0), None, None,
+                             1e-3, 0.9, 0.999, 1e-8, 0.0, False, p.clone())
+    with pytest.raises(RuntimeError, match="direction_sq must be a 0-dim float64 tensor"):
+        native("sgd_step_")(p, p.clone(), p.clone(), torch.tensor(1.0), None, None, 0.1, 0.0, 0.0, 0.0, False,
+                            p.clone(), torch.tensor(1.0), None, 0.9, torch.zeros(()))
+    with pytest.raises(RuntimeError, match="only used with a direction"):
+        native("sgd_step_")(p, p.clone(), p.clone(), torch.tensor(1.0), None, None, 0.1, 0.0, 0.0, 0.0, False,
+                            None, torch.tensor(1.0))
     with pytest.raises(RuntimeError, match="scale must have 2 element"):
         native("perturb_")(p, p.clone(), p, torch.ones(3), torch.tensor([0, 4, 10]), False, None)
 

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "checks.h"
@@ -52,21 +53,52 @@ const int64_t* offsets_ptr(const c10::optional<at::Tensor>& offsets) {
 // The loops below take every constant by value: inside a [&] lambda the captured references
 // could alias the stores, which stops the compiler from vectorizing.
 
-// Sum of square_term over [lo, hi) with 8 independent accumulators (fixed order: deterministic).
+#if defined(__GNUC__)
+// Four doubles in one vector (GCC / clang vector extension): the float sums below widen to
+// double, which the auto-vectorizer does not do on its own.
+typedef double Double4 __attribute__((vector_size(32)));
+
+template <typename T>
+inline void load_double4(const T* x, Double4& out) {
+  out = Double4{static_cast<double>(x[0]), static_cast<double>(x[1]), static_cast<double>(x[2]),
+                static_cast<double>(x[3])};
+}
+#endif
+
+// sum x^2 over [lo, hi) with 16 running sums, lane j taking the elements i + j, combined in a
+// fixed order: the result is the same whichever clone runs and however the range was split.
+template <typename T>
+GSE_CPU_CLONES double plain_sum_squares_range(const T* x, int64_t lo, int64_t hi) {
+  double acc[16] = {0};
+  int64_t i = lo;
+#if defined(__GNUC__)
+  Double4 a[4] = {};
+  for (; i + 16 <= hi; i += 16)
+    for (int k = 0; k < 4; ++k) {
+      Double4 v;
+      load_double4(x + i + 4 * k, v);
+      a[k] += v * v;
+    }
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 4; ++j) acc[4 * k + j] = a[k][j];
+#else
+  for (; i + 16 <= hi; i += 16)
+    for (int j = 0; j < 16; ++j) {
+      const double v = static_cast<double>(x[i + j]);
+      acc[j] += v * v;
+    }
+#endif
+  for (; i < hi; ++i) acc[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int w = 8; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return acc[0];
+}
+
+// Sum of square_term over [lo, hi) with 8 running sums combined in a fixed order.
 template <typename T>
 GSE_CPU_CLONES double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
+  if (power == 0 && shift == 0.0) return plain_sum_squares_range<T>(x, lo, hi);
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  if (power == 0 && shift == 0.0) {
-    // the common case, kept branch-free so the compiler vectorizes it
-    int64_t i = lo;
-    for (; i + 8 <= hi; i += 8)
-      for (int j = 0; j < 8; ++j) {
-        const double a = static_cast<double>(x[i + j]);
-        acc[j] += a * a;
-      }
-    for (; i < hi; ++i) acc[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  }
   int64_t i = lo;
   for (; i + 8 <= hi; i += 8)
     for (int j = 0; j < 8; ++j) acc[j] += square_term<T, double>(x[i + j], w ? w[i + j] : T(0), power, shift);
@@ -88,15 +120,33 @@ template <typename T>
 GSE_CPU_CLONES double direction_range(T* d, const T* g, int64_t lo, int64_t hi, T inv, T beta, T one_minus_beta, bool init) {
   for (int64_t i = lo; i < hi; ++i) d[i] = direction_element<T>(d[i], g[i], inv, beta, one_minus_beta, init);
   // the range is one chunk at most, so it is still in cache for the sum
-  return sum_squares_range<T>(d, nullptr, 0, 0.0, lo, hi);
+  return plain_sum_squares_range<T>(d, lo, hi);
 }
 
+// The GraphSAM EMA a base update may carry: d <- beta d + (1 - beta) g inv, in the update's loop.
+template <typename T>
+struct Ema {
+  T* d;  // nullptr: no EMA
+  T inv, beta, one_minus_beta;
+};
+
+// Every buffer is read and written at index i only (the source may be param itself), so there is
+// no dependence between iterations; GSE_IVDEP says so, which the compiler cannot prove with this
+// many pointers. The loop-invariant `ema.d` tests are unswitched into two vectorized loops.
+#if defined(__GNUC__) && !defined(__clang__)
+#define GSE_IVDEP _Pragma("GCC ivdep")
+#else
+#define GSE_IVDEP
+#endif
 template <typename T>
 GSE_CPU_CLONES void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64_t lo, int64_t hi, T omb1, T b2, T omb2, T eps,
-                T wd, bool decoupled, T decay, T step_size, T bc2) {
+                T wd, bool decoupled, T decay, T step_size, T bc2, Ema<T> ema) {
+  GSE_IVDEP
   for (int64_t i = lo; i < hi; ++i) {
+    const T gi = g[i];
+    if (ema.d) ema.d[i] = direction_element<T>(ema.d[i], gi, ema.inv, ema.beta, ema.one_minus_beta, false);
     T pi = src[i], mi = m[i], vi = v[i];
-    adam_element<T>(pi, g[i], mi, vi, omb1, b2, omb2, eps, wd, decoupled, decay, step_size, bc2);
+    adam_element<T>(pi, gi, mi, vi, omb1, b2, omb2, eps, wd, decoupled, decay, step_size, bc2);
     p[i] = pi;
     m[i] = mi;
     v[i] = vi;
@@ -105,10 +155,13 @@ GSE_CPU_CLONES void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64
 
 template <typename T>
 GSE_CPU_CLONES void sgd_range(T* p, const T* src, const T* g, T* buf, int64_t lo, int64_t hi, bool first, T lr, T momentum,
-               T one_minus_dampening, T wd, bool nesterov) {
+               T one_minus_dampening, T wd, bool nesterov, Ema<T> ema) {
+  GSE_IVDEP
   for (int64_t i = lo; i < hi; ++i) {
+    const T gi = g[i];
+    if (ema.d) ema.d[i] = direction_element<T>(ema.d[i], gi, ema.inv, ema.beta, ema.one_minus_beta, false);
     T pi = src[i];
-    sgd_element<T>(pi, g[i], buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening, wd, nesterov);
+    sgd_element<T>(pi, gi, buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening, wd, nesterov);
     p[i] = pi;
   }
 }
@@ -201,17 +254,72 @@ at::Tensor direction_update_cpu(at::Tensor& direction, const at::Tensor& grad, c
   });
 }
 
+// The optional GraphSAM direction EMA of a base update (adam_step_ / sgd_step_ with a direction).
+struct DirectionFold {
+  at::Tensor direction, direction_sq, inv64;  // undefined without a direction
+  const int64_t* offsets;
+  int64_t nseg;
+  double beta;
+
+  DirectionFold(const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& inv_norm,
+                const c10::optional<at::Tensor>& offs, int64_t nsegments, double b, const c10::optional<at::Tensor>& dsq)
+      : offsets(offsets_ptr(offs)), nseg(nsegments), beta(b) {
+    if (!d.has_value()) return;
+    direction = *d;
+    direction_sq = *dsq;
+    inv64 = inv_norm->to(at::kDouble).contiguous();
+  }
+  bool active() const { return direction.defined(); }
+  void add(double value) const { direction_sq.add_(value); }
+};
+
+// Runs update(lo, hi, ema) over [0, n). With a direction, the update's loop also runs the EMA,
+// over fixed chunks: each chunk's new d is summed while it is still in cache, and the partial sums
+// are combined in order. ||d_new||^2 is added to direction_sq. A skipped step runs no update (its
+// caller restores) and adds ||d||^2.
+template <typename T, typename Update>
+void run_base_update(int64_t n, const DirectionFold& fold, bool skipped, Update&& update) {
+  if (!fold.active()) {
+    if (!skipped)
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { update(begin, end, Ema<T>{nullptr, 0, 0, 0}); });
+    return;
+  }
+  T* d = fold.direction.data_ptr<T>();
+  if (skipped) {
+    fold.add(sum_squares_impl<T>(d, nullptr, 0, 0.0, n, nullptr, 0, fold.direction.options()).template item<double>());
+    return;
+  }
+  const double* inv = fold.inv64.data_ptr<double>();
+  const T bt = static_cast<T>(fold.beta), omb = static_cast<T>(1.0 - fold.beta);
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(nchunks, 0.0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const int64_t lo = c * kChunk, hi = std::min(n, (c + 1) * kChunk);
+      for_each_segment(fold.offsets, fold.nseg, lo, hi, [&](int64_t s, int64_t a, int64_t b) {
+        update(a, b, Ema<T>{d, static_cast<T>(inv[fold.offsets ? s : 0]), bt, omb});
+      });
+      partial[c] = plain_sum_squares_range<T>(d, lo, hi);
+    }
+  });
+  double total = 0.0;
+  for (double v : partial) total += v;
+  fold.add(total);
+}
+
 void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                    const at::Tensor& step, const c10::optional<at::Tensor>& source,
                    const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
-                   double weight_decay, bool decoupled) {
+                   double weight_decay, bool decoupled, const c10::optional<at::Tensor>& direction,
+                   const c10::optional<at::Tensor>& inv_norm, const c10::optional<at::Tensor>& offsets, double beta,
+                   const c10::optional<at::Tensor>& direction_sq) {
   check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
+  const int64_t nseg = check_direction_fold("adam_step_", param, direction, inv_norm, offsets, beta, direction_sq,
+                                            kBackend);
+  const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
   const bool skipped = read_skip(skip);
-  if (skipped) {
-    if (source.has_value()) param.copy_(*source);
-    return;
-  }
-  const AdamBias bias = adam_bias(step.item<double>(), lr, beta1, beta2);
+  if (skipped && source.has_value()) param.copy_(*source);
+  const AdamBias bias = adam_bias(skipped ? 1.0 : step.item<double>(), lr, beta1, beta2);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cpu", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
     const scalar_t* src = source ? source->data_ptr<scalar_t>() : p;
@@ -222,21 +330,24 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
                    omb2 = static_cast<scalar_t>(1.0 - beta2), ep = static_cast<scalar_t>(eps),
                    wd = static_cast<scalar_t>(weight_decay), decay = static_cast<scalar_t>(1.0 - lr * weight_decay),
                    ss = static_cast<scalar_t>(bias.step_size), bc2 = static_cast<scalar_t>(bias.bc2_sqrt);
-    at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      adam_range<scalar_t>(p, src, g, m, v, begin, end, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
+    run_base_update<scalar_t>(param.numel(), fold, skipped, [&](int64_t begin, int64_t end, Ema<scalar_t> ema) {
+      adam_range<scalar_t>(p, src, g, m, v, begin, end, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2, ema);
     });
   });
 }
 
 void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
                   const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
-                  double momentum, double dampening, double weight_decay, bool nesterov) {
+                  double momentum, double dampening, double weight_decay, bool nesterov,
+                  const c10::optional<at::Tensor>& direction, const c10::optional<at::Tensor>& inv_norm,
+                  const c10::optional<at::Tensor>& offsets, double beta,
+                  const c10::optional<at::Tensor>& direction_sq) {
   check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
+  const int64_t nseg = check_direction_fold("sgd_step_", param, direction, inv_norm, offsets, beta, direction_sq,
+                                            kBackend);
+  const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
   const bool skipped = read_skip(skip);
-  if (skipped) {
-    if (source.has_value()) param.copy_(*source);
-    return;
-  }
+  if (skipped && source.has_value()) param.copy_(*source);
   const bool first = step.item<double>() <= 1.0;
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cpu", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
@@ -245,8 +356,8 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
     scalar_t* buf = momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr;
     const scalar_t lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
                    omd = static_cast<scalar_t>(1.0 - dampening), wd = static_cast<scalar_t>(weight_decay);
-    at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      sgd_range<scalar_t>(p, src, g, buf, begin, end, first, lr_, mom, omd, wd, nesterov);
+    run_base_update<scalar_t>(param.numel(), fold, skipped, [&](int64_t begin, int64_t end, Ema<scalar_t> ema) {
+      sgd_range<scalar_t>(p, src, g, buf, begin, end, first, lr_, mom, omd, wd, nesterov, ema);
     });
   });
 }

@@ -41,13 +41,6 @@ dim3 segmented_grid(int64_t n, int64_t nseg) {
   return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(std::min<int64_t>(nseg, 65535)));
 }
 
-int64_t flat_blocks(int64_t n) {
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(sms) * 8));
-}
-
 // The flag (checked by the op's argument checks) as a bool on the device, read by the kernel.
 const bool* skip_ptr(const c10::optional<at::Tensor>& skip, at::Tensor& holder) {
   if (!skip.has_value()) return nullptr;
@@ -135,26 +128,71 @@ void perturb_cuda(at::Tensor& param, at::Tensor& backup, const at::Tensor& direc
   });
 }
 
-// Updates d and accumulates ||d_new||^2 into *out in the same pass.
+// The optional GraphSAM direction EMA of a base update, as the kernels see it. Without a direction
+// the update runs as one segment and d is nullptr.
 template <typename T>
-__global__ void direction_kernel(T* d, const T* g, const double* inv, T beta, T one_minus_beta, bool init,
-                                 const bool* skip, Segments segs, double* out) {
+struct DeviceFold {
+  T* d;
+  const double* inv;  // one per segment, or one
+  T beta, one_minus_beta;
+  double* out;        // ||d_new||^2 is added here
+};
+
+// Host side of the fold: checks done, holds the float64 inv_norm alive during the launch.
+struct FoldArgs {
+  at::Tensor direction, direction_sq, inv64;  // undefined without a direction
+  Segments segs;
+  double beta;
+
+  FoldArgs(const at::Tensor& param, const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& inv_norm,
+           const c10::optional<at::Tensor>& offsets, int64_t nseg, double b, const c10::optional<at::Tensor>& dsq)
+      : segs(make_segments(offsets, param.numel(), nseg)), beta(b) {
+    if (!d.has_value()) return;
+    direction = *d;
+    direction_sq = *dsq;
+    inv64 = inv_norm->to(at::kDouble).contiguous();
+  }
+  dim3 grid() const { return segmented_grid(segs.n, segs.nseg); }
+  template <typename T>
+  DeviceFold<T> device() const {
+    if (!direction.defined()) return DeviceFold<T>{nullptr, nullptr, T(0), T(1), nullptr};
+    return DeviceFold<T>{direction.data_ptr<T>(), inv64.data_ptr<double>(), static_cast<T>(beta),
+                         static_cast<T>(1.0 - beta), direction_sq.data_ptr<double>()};
+  }
+};
+
+// Folds g into the EMA at element i (unless skipped) and returns the new d_i.
+template <typename T>
+__device__ __forceinline__ T fold_element(const DeviceFold<T>& fold, int64_t i, T g, T inv, bool skipped,
+                                          bool init = false) {
+  T di = fold.d[i];
+  if (!skipped) {
+    di = direction_element<T>(di, g, inv, fold.beta, fold.one_minus_beta, init);
+    fold.d[i] = di;
+  }
+  return di;
+}
+
+template <typename T>
+__device__ __forceinline__ void add_fold_sum(const DeviceFold<T>& fold, double acc) {
+  acc = block_sum(acc);
+  if (threadIdx.x == 0 && acc != 0.0) atomicAdd(fold.out, acc);
+}
+
+// direction_update_: the fold on its own (no base update), optionally as the EMA's start.
+template <typename T>
+__global__ void direction_kernel(const T* g, DeviceFold<T> fold, bool init, const bool* skip, Segments segs) {
   const bool skipped = skip != nullptr && *skip;
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
     int64_t lo, hi;
     segs.range(seg, lo, hi);
-    const T in = static_cast<T>(inv[segs.offsets ? seg : 0]);
+    const T inv = static_cast<T>(fold.inv[segs.offsets ? seg : 0]);
     double acc = 0.0;
     for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
-      T di = d[i];
-      if (!skipped) {
-        di = direction_element<T>(di, g[i], in, beta, one_minus_beta, init);
-        d[i] = di;
-      }
+      const T di = fold_element(fold, i, g[i], inv, skipped, init);
       acc += static_cast<double>(di) * static_cast<double>(di);
     }
-    acc = block_sum(acc);
-    if (threadIdx.x == 0 && acc != 0.0) atomicAdd(out, acc);
+    add_fold_sum(fold, acc);
   }
 }
 
@@ -167,12 +205,10 @@ at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, 
   if (direction.numel() == 0) return out;
   at::Tensor skip_holder;
   const bool* sk = skip_ptr(skip, skip_holder);
-  const at::Tensor inv64 = inv_norm.to(at::kDouble).contiguous();
-  const Segments segs = make_segments(offsets, direction.numel(), nseg);
+  const FoldArgs fold(direction, direction, inv_norm, offsets, nseg, beta, out);
   AT_DISPATCH_FLOATING_TYPES(direction.scalar_type(), "direction_update_cuda", [&] {
-    direction_kernel<scalar_t><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        direction.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), inv64.data_ptr<double>(),
-        static_cast<scalar_t>(beta), static_cast<scalar_t>(1.0 - beta), init, sk, segs, out.data_ptr<double>());
+    direction_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad.data_ptr<scalar_t>(), fold.device<scalar_t>(), init, sk, fold.segs);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -180,72 +216,106 @@ at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, 
 
 template <typename T>
 __global__ void adam_kernel(T* p, const T* src, const T* g, T* m, T* v, const double* step, const bool* skip,
-                            int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
-                            bool decoupled) {
+                            Segments segs, DeviceFold<T> fold, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, bool decoupled) {
   const bool skipped = skip != nullptr && *skip;
   const AdamBias bias = adam_bias(*step, lr, beta1, beta2);
   const T omb1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), omb2 = static_cast<T>(1.0 - beta2),
           ep = static_cast<T>(eps), wd = static_cast<T>(weight_decay), decay = static_cast<T>(1.0 - lr * weight_decay),
           ss = static_cast<T>(bias.step_size), bc2 = static_cast<T>(bias.bc2_sqrt);
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    T pi = src[i];
-    if (!skipped) {
-      T mi = m[i], vi = v[i];
-      adam_element<T>(pi, g[i], mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
-      m[i] = mi;
-      v[i] = vi;
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
+    double acc = 0.0;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+      const T gi = g[i];
+      if (fold.d) {
+        const T di = fold_element(fold, i, gi, inv, skipped);
+        acc += static_cast<double>(di) * static_cast<double>(di);
+      }
+      T pi = src[i];
+      if (!skipped) {
+        T mi = m[i], vi = v[i];
+        adam_element<T>(pi, gi, mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
+        m[i] = mi;
+        v[i] = vi;
+      }
+      p[i] = pi;
     }
-    p[i] = pi;
+    if (fold.d) add_fold_sum(fold, acc);
   }
 }
 
 void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                     const at::Tensor& step, const c10::optional<at::Tensor>& source,
                     const c10::optional<at::Tensor>& skip, double lr, double beta1, double beta2, double eps,
-                    double weight_decay, bool decoupled) {
+                    double weight_decay, bool decoupled, const c10::optional<at::Tensor>& direction,
+                    const c10::optional<at::Tensor>& inv_norm, const c10::optional<at::Tensor>& offsets, double beta,
+                    const c10::optional<at::Tensor>& direction_sq) {
   check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
+  const int64_t nseg = check_direction_fold("adam_step_", param, direction, inv_norm, offsets, beta, direction_sq,
+                                            kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);
-  const int64_t n = param.numel();
+  const FoldArgs fold(param, direction, inv_norm, offsets, nseg, beta, direction_sq);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
-    adam_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    adam_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
-        exp_avg_sq.data_ptr<scalar_t>(), scalars.step, scalars.skip, n, lr, beta1, beta2, eps, weight_decay,
-        decoupled);
+        exp_avg_sq.data_ptr<scalar_t>(), scalars.step, scalars.skip, fold.segs, fold.device<scalar_t>(), lr, beta1,
+        beta2, eps, weight_decay, decoupled);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 template <typename T>
-__global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double* step, const bool* skip, int64_t n,
-                           T lr, T momentum, T one_minus_dampening, T weight_decay, bool nesterov) {
+__global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double* step, const bool* skip,
+                           Segments segs, DeviceFold<T> fold, T lr, T momentum, T one_minus_dampening,
+                           T weight_decay, bool nesterov) {
   const bool skipped = skip != nullptr && *skip;
   const bool first = *step <= 1.0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    T pi = src[i];
-    if (!skipped) sgd_element<T>(pi, g[i], buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
-                                 weight_decay, nesterov);
-    p[i] = pi;
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
+    double acc = 0.0;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+      const T gi = g[i];
+      if (fold.d) {
+        const T di = fold_element(fold, i, gi, inv, skipped);
+        acc += static_cast<double>(di) * static_cast<double>(di);
+      }
+      T pi = src[i];
+      if (!skipped) sgd_element<T>(pi, gi, buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
+                                   weight_decay, nesterov);
+      p[i] = pi;
+    }
+    if (fold.d) add_fold_sum(fold, acc);
   }
 }
 
 void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,
                    const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip, double lr,
-                   double momentum, double dampening, double weight_decay, bool nesterov) {
+                   double momentum, double dampening, double weight_decay, bool nesterov,
+                   const c10::optional<at::Tensor>& direction, const c10::optional<at::Tensor>& inv_norm,
+                   const c10::optional<at::Tensor>& offsets, double beta,
+                   const c10::optional<at::Tensor>& direction_sq) {
   check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
+  const int64_t nseg = check_direction_fold("sgd_step_", param, direction, inv_norm, offsets, beta, direction_sq,
+                                            kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);
-  const int64_t n = param.numel();
+  const FoldArgs fold(param, direction, inv_norm, offsets, nseg, beta, direction_sq);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
-    sgd_kernel<scalar_t><<<flat_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    sgd_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(),
-        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, scalars.step, scalars.skip, n,
-        static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum), static_cast<scalar_t>(1.0 - dampening),
-        static_cast<scalar_t>(weight_decay), nesterov);
+        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, scalars.step, scalars.skip, fold.segs,
+        fold.device<scalar_t>(), static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum),
+        static_cast<scalar_t>(1.0 - dampening), static_cast<scalar_t>(weight_decay), nesterov);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

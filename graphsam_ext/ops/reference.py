@@ -57,9 +57,19 @@ def direction_update_(direction: Tensor, grad: Tensor, inv_norm: Tensor, offsets
     return sum_squares(direction)
 
 
+def _fold_direction(direction: Tensor | None, grad: Tensor, inv_norm: Tensor | None, offsets: Tensor | None,
+                    beta: float, direction_sq: Tensor | None, skip: Tensor | None) -> None:
+    """The optional direction EMA of a base update, from the raw gradient; adds ||d||^2 to direction_sq."""
+    if direction is not None:
+        direction_sq.add_(direction_update_(direction, grad, inv_norm, offsets, beta, False, skip))
+
+
 def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
                source: Tensor | None, skip: Tensor | None, lr: float, beta1: float, beta2: float, eps: float,
-               weight_decay: float, decoupled: bool) -> None:
+               weight_decay: float, decoupled: bool, direction: Tensor | None = None,
+               inv_norm: Tensor | None = None, offsets: Tensor | None = None, beta: float = 0.0,
+               direction_sq: Tensor | None = None) -> None:
+    _fold_direction(direction, grad, inv_norm, offsets, beta, direction_sq, skip)
     if source is not None:
         param.copy_(source)
     if _skipped(skip):
@@ -80,7 +90,9 @@ def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
 
 def sgd_step_(param: Tensor, grad: Tensor, momentum_buffer: Tensor, step: Tensor, source: Tensor | None,
               skip: Tensor | None, lr: float, momentum: float, dampening: float, weight_decay: float,
-              nesterov: bool) -> None:
+              nesterov: bool, direction: Tensor | None = None, inv_norm: Tensor | None = None,
+              offsets: Tensor | None = None, beta: float = 0.0, direction_sq: Tensor | None = None) -> None:
+    _fold_direction(direction, grad, inv_norm, offsets, beta, direction_sq, skip)
     if source is not None:
         param.copy_(source)
     if _skipped(skip):

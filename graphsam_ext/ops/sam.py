@@ -64,14 +64,21 @@ def direction_update_(direction: Tensor, grad: Tensor, inv_norm: Tensor, offsets
 
 def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
                source: Tensor | None = None, skip: Tensor | None = None, *, lr: float, beta1: float,
-               beta2: float, eps: float, weight_decay: float = 0.0, decoupled: bool = False) -> None:
+               beta2: float, eps: float, weight_decay: float = 0.0, decoupled: bool = False,
+               direction: Tensor | None = None, inv_norm: Tensor | None = None, offsets: Tensor | None = None,
+               beta: float = 0.0, direction_sq: Tensor | None = None) -> None:
     """torch.optim.Adam / AdamW update (amsgrad=False, maximize=False) on a flat buffer.
 
     ``step`` is the already incremented step count (0-dim tensor). With ``source`` the update
     starts from ``source`` (the saved weights) instead of ``param``: restore and update in one pass.
     When ``skip`` is true only the restore happens.
+
+    With ``direction`` the same pass also runs GraphSAM's EMA on the raw gradient, as
+    ``direction_update_(direction, grad, inv_norm, offsets, beta)`` would, and adds ||d||^2 to
+    ``direction_sq`` (a 0-dim float64 accumulator). ``offsets`` here only split ``inv_norm``.
     """
-    args = (param, grad, exp_avg, exp_avg_sq, step, source, skip, lr, beta1, beta2, eps, weight_decay, decoupled)
+    args = (param, grad, exp_avg, exp_avg_sq, step, source, skip, lr, beta1, beta2, eps, weight_decay, decoupled,
+            direction, inv_norm, offsets, beta, direction_sq)
     if _native(param):
         torch.ops.graphsam_ext.adam_step_(*args)
     else:
@@ -80,12 +87,15 @@ def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
 
 def sgd_step_(param: Tensor, grad: Tensor, momentum_buffer: Tensor, step: Tensor, source: Tensor | None = None,
               skip: Tensor | None = None, *, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-              weight_decay: float = 0.0, nesterov: bool = False) -> None:
-    """torch.optim.SGD update (maximize=False) on a flat buffer; ``source`` and ``skip`` as in adam_step_.
+              weight_decay: float = 0.0, nesterov: bool = False, direction: Tensor | None = None,
+              inv_norm: Tensor | None = None, offsets: Tensor | None = None, beta: float = 0.0,
+              direction_sq: Tensor | None = None) -> None:
+    """torch.optim.SGD update (maximize=False) on a flat buffer; the other arguments as in adam_step_.
 
     On the first step (``step`` <= 1) the momentum buffer is set to the gradient, as in torch.
     """
-    args = (param, grad, momentum_buffer, step, source, skip, lr, momentum, dampening, weight_decay, nesterov)
+    args = (param, grad, momentum_buffer, step, source, skip, lr, momentum, dampening, weight_decay, nesterov,
+            direction, inv_norm, offsets, beta, direction_sq)
     if _native(param):
         torch.ops.graphsam_ext.sgd_step_(*args)
     else:

@@ -165,11 +165,20 @@ class _ListEngine:
         return total
 
     # -- base update ---------------------------------------------------------------------------
-    def base_step(self, skip: Tensor | None, restore: bool) -> None:
+    def base_step(self, skip: Tensor | None, restore: bool, fold: tuple | None = None) -> Tensor | None:
+        """Restore (optionally) and run the base update; returns ||d||^2 when folding a direction.
+
+        fold: (inv_norm, beta): first fold the gradients into the GraphSAM direction EMA, as
+        ``direction_update`` does (torch's foreach SGD with nesterov then modifies the gradients).
+        """
+        direction_sq = None if fold is None else self.direction_update(fold[0], fold[1], False, skip)
         if restore:
             self.restore()
-        if _is_skipped(skip):
-            return
+        if not _is_skipped(skip):
+            self._base_update()
+        return direction_sq
+
+    def _base_update(self) -> None:
         if not self.base.fused:
             self.opt.base_optimizer.step()
             return
@@ -222,7 +231,19 @@ class FusedEngine:
         # one step counter per (bucket, param group): the kernels read it on the device
         self.steps = [[torch.zeros((), dtype=torch.float32, device=b.data.device) for _ in b.group_ranges]
                       for b in self.flat.buckets]
+        self.group_segments = [self._group_segments(b, optimizer.param_groups) for b in self.flat.buckets]
         self._point_state()
+
+    @staticmethod
+    def _group_segments(bucket, param_groups: list) -> list:
+        """For each group range of a bucket: its tensors [i0, i1) and their boundaries inside the range."""
+        group_of = {id(p): gi for gi, g in enumerate(param_groups) for p in g["params"]}
+        out = []
+        for gi, a, c in bucket.group_ranges:
+            idx = [k for k, p in enumerate(bucket.params) if group_of[id(p)] == gi]
+            local = [bucket.bounds[k][0] - a for k in idx] + [c - a]
+            out.append((idx[0], idx[-1] + 1, torch.tensor(local, dtype=torch.int64, device=bucket.data.device)))
+        return out
 
     def _point_state(self) -> None:
         for bucket, bufs, steps in zip(self.flat.buckets, self.buffers, self.steps):
@@ -306,27 +327,39 @@ class FusedEngine:
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
     # -- base update ---------------------------------------------------------------------------
-    def base_step(self, skip: Tensor | None, restore: bool) -> None:
+    def base_step(self, skip: Tensor | None, restore: bool, fold: tuple | None = None) -> Tensor | None:
+        """As ``_ListEngine.base_step``; the fused base updates fold the direction into their own pass."""
         if not self.base.fused:
+            direction_sq = None if fold is None else self.direction_update(fold[0], fold[1], False, skip)
             if restore:
                 self.restore()
             if not _is_skipped(skip):
                 self.opt.base_optimizer.step()
-            return
-        for b, bufs, backup, steps in zip(self.flat.buckets, self.buffers, self.backups, self.steps):
-            for (gi, a, c), step in zip(b.group_ranges, steps):
+            return direction_sq
+        direction_sq, invs, per_tensor = None, [None] * len(self.flat.buckets), False
+        if fold is not None:
+            direction_sq = torch.zeros((), dtype=torch.float64, device=self.flat.buckets[0].data.device)
+            invs, per_tensor = self._split(fold[0]), fold[0].dim() > 0
+        for b, bufs, backup, steps, segments, inv in zip(self.flat.buckets, self.buffers, self.backups, self.steps,
+                                                          self.group_segments, invs):
+            for (gi, a, c), step, (i0, i1, offsets) in zip(b.group_ranges, steps, segments):
                 group = self.opt.param_groups[gi]
                 step.add_(1.0 if skip is None else skip.logical_not().to(step.dtype))
                 source = backup[a:c] if restore else None
+                extra = {}
+                if fold is not None:
+                    extra = dict(direction=bufs["direction"][a:c], inv_norm=inv[i0:i1] if per_tensor else inv,
+                                 offsets=offsets if per_tensor else None, beta=fold[1], direction_sq=direction_sq)
                 if self.base.name == "sgd":
                     ops.sgd_step_(b.data[a:c], b.grad[a:c], bufs["momentum_buffer"][a:c], step, source, skip,
                                   lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                                  weight_decay=group["weight_decay"], nesterov=group["nesterov"])
+                                  weight_decay=group["weight_decay"], nesterov=group["nesterov"], **extra)
                 else:
                     beta1, beta2 = group["betas"]
                     ops.adam_step_(b.data[a:c], b.grad[a:c], bufs["exp_avg"][a:c], bufs["exp_avg_sq"][a:c], step,
                                    source, skip, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                   weight_decay=group["weight_decay"], decoupled=self.base.name == "adamw")
+                                   weight_decay=group["weight_decay"], decoupled=self.base.name == "adamw", **extra)
+        return direction_sq
 
 
 ENGINES = {"reference": ReferenceEngine, "foreach": ForeachEngine, "fused": FusedEngine}

@@ -175,8 +175,8 @@ class GraphSAM(SAMFamily):
         skip = self._nonfinite(sq)
         if self._pending_skip is not None:
             skip = skip | self._pending_skip
-        # the EMA first: torch's foreach SGD (nesterov) modifies the gradients in place
-        self._direction_sq = self.engine.direction_update(1.0 / sq.sqrt(), self.beta, False, skip)
+        # the EMA of w / ||w|| runs with the restore and base update (one pass in the fused engine)
+        self._direction_sq = self.engine.base_step(skip, restore=True, fold=(1.0 / sq.sqrt(), self.beta))
         if self._saved_direction is not None:
             saved, saved_sq = self._saved_direction
             self.engine.revert_direction(skip, saved)
@@ -184,7 +184,6 @@ class GraphSAM(SAMFamily):
                 saved_sq = torch.zeros_like(self._direction_sq)
             self._direction_sq = torch.where(skip, saved_sq, self._direction_sq)
             self._saved_direction = None
-        self.engine.base_step(skip, restore=True)
         self._record_skip(skip)
         self._pending_skip = None
         self.step_in_epoch += 1
