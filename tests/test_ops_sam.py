@@ -53,20 +53,43 @@ def test_sum_squares(device, dtype, n, power, segmented, gen):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+# Large enough for the CPU kernels' streaming-store paths (buffers of 4 MiB and more).
+STREAMING = (1 << 20) + 5
+
+
+def misaligned(x):
+    """The same values in a buffer that starts one element past an aligned allocation."""
+    out = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
+    out.copy_(x)
+    return out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n", SIZES + [STREAMING])
+def test_zero(device, dtype, n, gen):
+    outer = torch.full((n + 2,), 7.0, dtype=dtype, device=device)
+    inner = outer[1:-1]  # starts one element past an aligned allocation
+    inner.copy_(rand(n, dtype, device, gen))
+    native("zero_")(inner)
+    assert torch.equal(inner, torch.zeros_like(inner))
+    assert outer[0].item() == 7.0 and outer[-1].item() == 7.0, "zero_ wrote outside its buffer"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES + [STREAMING])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("segmented", [False, True])
 @pytest.mark.parametrize("skipped", [False, True])
 def test_perturb(device, dtype, n, adaptive, segmented, skipped, gen):
-    p, d = rand(n, dtype, device, gen), rand(n, dtype, device, gen)
+    p, d = misaligned(rand(n, dtype, device, gen)), rand(n, dtype, device, gen)
     offsets = random_offsets(n, gen, device) if segmented else None
     nseg = offsets.numel() - 1 if segmented else 1
     scale = torch.rand(nseg, generator=gen, dtype=torch.float64).to(device)
     scale = scale if segmented else scale[0]
     skip = torch.tensor(skipped, device=device)
-    p1, b1, p2, b2 = p.clone(), torch.empty_like(p), p.clone(), torch.empty_like(p)
+    p1, b1, p2, b2 = misaligned(p), misaligned(torch.empty_like(p)), p.clone(), torch.empty_like(p)
     native("perturb_")(p1, b1, d, scale, offsets, adaptive, skip)
     reference.perturb_(p2, b2, d, scale, offsets, adaptive, skip)
     torch.testing.assert_close(p1, p2, **tol(dtype))
@@ -217,6 +240,7 @@ def test_opcheck_every_op(gen):
     offsets = torch.tensor([0, 10, 10, 200, n])
     step, skip = torch.tensor(3.0), torch.tensor(False)
     cases = [
+        ("zero_", (p.clone(),)),
         ("sum_squares", (g, p, offsets, 1, 0.0)),
         ("sum_squares", (g, None, None, 0, 0.0)),
         ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, dtype=torch.float64), offsets, True, skip)),

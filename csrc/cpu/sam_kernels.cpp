@@ -6,8 +6,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "checks.h"
 #include "sam_math.h"
@@ -26,6 +31,41 @@ namespace {
 constexpr const char* kBackend = "CPU";
 constexpr int64_t kGrain = 32768;
 constexpr int64_t kChunk = 16384;
+
+// Streaming (non-temporal) stores are used for buffers of at least this size written now and read
+// only after other passes over memory (the perturbation's backup, zeroed gradients): they skip
+// reading the destination lines first and leave the cache to the data in use.
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
+constexpr int64_t kStreamBlock = 2048;
+
+template <typename T>
+bool use_streaming(int64_t n) {
+  return n * int64_t(sizeof(T)) >= kStreamBytes;
+}
+
+#if defined(__SSE2__)
+inline void stream16(float* dst, const float* src) { _mm_stream_ps(dst, src ? _mm_loadu_ps(src) : _mm_setzero_ps()); }
+inline void stream16(double* dst, const double* src) { _mm_stream_pd(dst, src ? _mm_loadu_pd(src) : _mm_setzero_pd()); }
+#endif
+
+// dst[lo, hi) <- src[lo, hi), or 0 when src is nullptr, with streaming stores where the CPU has
+// them. Call stream_fence() before the data is read by another thread.
+template <typename T>
+void stream_store(T* dst, const T* src, int64_t lo, int64_t hi) {
+  int64_t i = lo;
+#if defined(__SSE2__)
+  constexpr int64_t kLanes = 16 / sizeof(T);
+  for (; i < hi && (reinterpret_cast<std::uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src ? src[i] : T(0);
+  for (; i + kLanes <= hi; i += kLanes) stream16(dst + i, src ? src + i : nullptr);
+#endif
+  for (; i < hi; ++i) dst[i] = src ? src[i] : T(0);
+}
+
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 // The flag was checked by the op's argument checks; on the CPU reading it costs no sync.
 bool read_skip(const c10::optional<at::Tensor>& skip) { return skip.has_value() && skip->item<bool>(); }
@@ -106,11 +146,22 @@ GSE_CPU_CLONES double sum_squares_range(const T* x, const T* w, int power, doubl
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// Every buffer is read and written at index i only (the source may be param itself), so there is
+// no dependence between iterations; GSE_IVDEP says so, which the compiler cannot prove with this
+// many pointers. Loop-invariant pointer tests (`b`, `ema.d`) are unswitched into vectorized loops.
+#if defined(__GNUC__) && !defined(__clang__)
+#define GSE_IVDEP _Pragma("GCC ivdep")
+#else
+#define GSE_IVDEP
+#endif
+
+// b == nullptr: the backup was already taken.
 template <typename T>
 GSE_CPU_CLONES void perturb_range(T* p, T* b, const T* d, int64_t lo, int64_t hi, T scale, bool adaptive) {
+  GSE_IVDEP
   for (int64_t i = lo; i < hi; ++i) {
     const T pi = p[i];
-    b[i] = pi;
+    if (b) b[i] = pi;
     p[i] = perturb_element<T>(pi, d[i], scale, adaptive);
   }
 }
@@ -130,14 +181,6 @@ struct Ema {
   T inv, beta, one_minus_beta;
 };
 
-// Every buffer is read and written at index i only (the source may be param itself), so there is
-// no dependence between iterations; GSE_IVDEP says so, which the compiler cannot prove with this
-// many pointers. The loop-invariant `ema.d` tests are unswitched into two vectorized loops.
-#if defined(__GNUC__) && !defined(__clang__)
-#define GSE_IVDEP _Pragma("GCC ivdep")
-#else
-#define GSE_IVDEP
-#endif
 template <typename T>
 GSE_CPU_CLONES void adam_range(T* p, const T* src, const T* g, T* m, T* v, int64_t lo, int64_t hi, T omb1, T b2, T omb2, T eps,
                 T wd, bool decoupled, T decay, T step_size, T bc2, Ema<T> ema) {
@@ -198,6 +241,21 @@ at::Tensor sum_squares_cpu(const at::Tensor& x, const c10::optional<at::Tensor>&
   });
 }
 
+void zero_cpu(at::Tensor& x) {
+  check_param(x, "zero_", kBackend);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zero_cpu", [&] {
+    if (!use_streaming<scalar_t>(x.numel())) {
+      x.zero_();
+      return;
+    }
+    scalar_t* ptr = x.data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      stream_store<scalar_t>(ptr, nullptr, begin, end);
+      stream_fence();
+    });
+  });
+}
+
 // scale: 0-dim (one scale) or (nseg,) per segment; any floating dtype (read as double).
 void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direction, const at::Tensor& scale,
                  const c10::optional<at::Tensor>& offsets, bool adaptive, const c10::optional<at::Tensor>& skip) {
@@ -210,14 +268,26 @@ void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direct
     scalar_t* p = param.data_ptr<scalar_t>();
     scalar_t* b = backup.data_ptr<scalar_t>();
     const scalar_t* d = direction.data_ptr<scalar_t>();
+    const bool streaming = use_streaming<scalar_t>(param.numel());
     at::parallel_for(0, param.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for_each_segment(off, nseg, begin, end, [&](int64_t s, int64_t lo, int64_t hi) {
-        if (skipped) {
-          std::copy(p + lo, p + hi, b + lo);
-        } else {
-          perturb_range<scalar_t>(p, b, d, lo, hi, static_cast<scalar_t>(sc[off ? s : 0]), adaptive);
+        const scalar_t sc_s = static_cast<scalar_t>(sc[off ? s : 0]);
+        if (!streaming) {
+          if (skipped) {
+            std::copy(p + lo, p + hi, b + lo);
+          } else {
+            perturb_range<scalar_t>(p, b, d, lo, hi, sc_s, adaptive);
+          }
+          return;
+        }
+        // a block of p is copied out, then perturbed while it is still in cache
+        for (int64_t a = lo; a < hi; a += kStreamBlock) {
+          const int64_t z = std::min(hi, a + kStreamBlock);
+          stream_store(b, p, a, z);
+          if (!skipped) perturb_range<scalar_t>(p, nullptr, d, a, z, sc_s, adaptive);
         }
       });
+      if (streaming) stream_fence();
     });
   });
 }
@@ -366,6 +436,7 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
 
 TORCH_LIBRARY_IMPL(graphsam_ext, CPU, m) {
   m.impl("sum_squares", &sum_squares_cpu);
+  m.impl("zero_", &zero_cpu);
   m.impl("perturb_", &perturb_cpu);
   m.impl("direction_update_", &direction_update_cpu);
   m.impl("adam_step_", &adam_step_cpu);

@@ -95,6 +95,12 @@ at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>
   return offsets ? out : out.squeeze(0);
 }
 
+void zero_cuda(at::Tensor& x) {
+  check_param(x, "zero_", kBackend);
+  const c10::cuda::CUDAGuard guard(x.device());
+  x.zero_();
+}
+
 template <typename T>
 __global__ void perturb_kernel(T* p, T* backup, const T* d, const double* scale, bool adaptive, const bool* skip,
                                Segments segs) {
@@ -324,6 +330,7 @@ void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& moment
 
 TORCH_LIBRARY_IMPL(graphsam_ext, CUDA, m) {
   m.impl("sum_squares", &sum_squares_cuda);
+  m.impl("zero_", &zero_cuda);
   m.impl("perturb_", &perturb_cuda);
   m.impl("direction_update_", &direction_update_cuda);
   m.impl("adam_step_", &adam_step_cuda);

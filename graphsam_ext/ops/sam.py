@@ -32,6 +32,15 @@ def sum_squares(x: Tensor, weight: Tensor | None = None, offsets: Tensor | None 
     return reference.sum_squares(x, weight, offsets, weight_power, shift)
 
 
+def zero_(x: Tensor) -> None:
+    """x <- 0 for a flat buffer; on the CPU, buffers of 4 MiB and more are written with streaming
+    stores (they bypass the cache, which a gradient buffer about to be filled by backward does not need)."""
+    if _native(x):
+        torch.ops.graphsam_ext.zero_(x)
+    else:
+        x.zero_()
+
+
 def perturb_(param: Tensor, backup: Tensor, direction: Tensor, scale: Tensor, offsets: Tensor | None = None,
              adaptive: bool = False, skip: Tensor | None = None) -> None:
     """backup <- param; param <- param + scale * direction (adaptive: + scale * param^2 * direction).
@@ -110,6 +119,10 @@ def _register_fakes() -> None:
         if offsets is None:
             return x.new_empty((), dtype=torch.float64)
         return x.new_empty((offsets.shape[0] - 1,), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{_LIB}::zero_")
+    def _(x):
+        return None
 
     @torch.library.register_fake(f"{_LIB}::perturb_")
     def _(param, backup, direction, scale, offsets, adaptive, skip):

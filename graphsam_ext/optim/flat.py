@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from graphsam_ext import ops
+
 
 @dataclass
 class FlatBucket:
@@ -115,4 +117,4 @@ class FlatParams:
 
     def zero_grad(self) -> None:
         for bucket in self.buckets:
-            bucket.grad.zero_()
+            ops.zero_(bucket.grad)
