@@ -96,3 +96,25 @@ def test_cuda_fused_matches_cpu_reference(name, base, dtype):
             check(torch.as_tensor(value).cpu().float() if key == "step" else value.cpu(),
                   torch.as_tensor(cpu_opt.state[pb][key]).float() if key == "step" else cpu_opt.state[pb][key],
                   dtype, key)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("base", ["adam", "sgd"])
+def test_mixed_dtypes_agree(name, base):
+    """float32 and float64 parameters: the fused engine keeps one buffer per dtype, and the norms,
+    the direction's ||d||^2 and per-tensor scales span both."""
+    from tests.optim_helpers import make_params
+    results = {}
+    for impl in ["reference", "fused"]:
+        params = [p if i % 2 else torch.nn.Parameter(p.detach().double()) for i, p in enumerate(make_params(4097))]
+        cls, kw = OPTIMIZERS[name](implementation=impl, base_optimizer=base, **BASES[base])
+        _, opt, _ = run(lambda groups: cls(groups, **kw), 4097, start=params)
+        if impl == "fused":
+            assert len(opt.engine.flat.buckets) == 2
+        results[impl] = (params, opt)
+    (ref_params, ref_opt), (params, opt) = results["reference"], results["fused"]
+    for pa, pb in zip(params, ref_params):
+        check(pa.detach().float(), pb.detach().float(), torch.float32, f"param ({pa.dtype})")
+        for key, value in opt.state[pa].items():
+            check(torch.as_tensor(value).float(), torch.as_tensor(ref_opt.state[pb][key]).float(),
+                  torch.float32, f"{key} ({pa.dtype})")
