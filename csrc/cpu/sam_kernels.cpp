@@ -36,7 +36,7 @@ constexpr int64_t kChunk = 16384;
 // only after other passes over memory (the perturbation's backup, zeroed gradients): they skip
 // reading the destination lines first and leave the cache to the data in use.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
-constexpr int64_t kStreamBlock = 2048;
+constexpr int64_t kPageBytes = 4096;
 
 template <typename T>
 bool use_streaming(int64_t n) {
@@ -65,6 +65,20 @@ inline void stream_fence() {
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
+}
+
+// Long passes prefetch a line a few pages ahead of each stream once per page: the hardware
+// prefetchers stop at page boundaries, and a page started early keeps the pass streaming.
+template <typename T>
+inline void prefetch_pages_ahead(const T* x) {
+#if defined(__SSE2__)
+  _mm_prefetch(reinterpret_cast<const char*>(x) + 8 * kPageBytes, _MM_HINT_T0);
+#endif
+}
+
+template <typename T>
+constexpr int64_t page_elements() {
+  return kPageBytes / int64_t(sizeof(T));
 }
 
 // The flag was checked by the op's argument checks; on the CPU reading it costs no sync.
@@ -113,12 +127,14 @@ GSE_CPU_CLONES double plain_sum_squares_range(const T* x, int64_t lo, int64_t hi
   int64_t i = lo;
 #if defined(__GNUC__)
   Double4 a[4] = {};
-  for (; i + 16 <= hi; i += 16)
+  for (; i + 16 <= hi; i += 16) {
+    if (i % page_elements<T>() == 0) prefetch_pages_ahead(x + i);
     for (int k = 0; k < 4; ++k) {
       Double4 v;
       load_double4(x + i + 4 * k, v);
       a[k] += v * v;
     }
+  }
   for (int k = 0; k < 4; ++k)
     for (int j = 0; j < 4; ++j) acc[4 * k + j] = a[k][j];
 #else
@@ -280,9 +296,11 @@ void perturb_cpu(at::Tensor& param, at::Tensor& backup, const at::Tensor& direct
           }
           return;
         }
-        // a block of p is copied out, then perturbed while it is still in cache
-        for (int64_t a = lo; a < hi; a += kStreamBlock) {
-          const int64_t z = std::min(hi, a + kStreamBlock);
+        // a page of p is copied out, then perturbed while it is still in cache
+        for (int64_t a = lo; a < hi; a += page_elements<scalar_t>()) {
+          const int64_t z = std::min(hi, a + page_elements<scalar_t>());
+          prefetch_pages_ahead(p + a);
+          prefetch_pages_ahead(d + a);
           stream_store(b, p, a, z);
           if (!skipped) perturb_range<scalar_t>(p, nullptr, d, a, z, sc_s, adaptive);
         }
