@@ -11,6 +11,7 @@ Ours also zero the gradient buffer before each closure (4 B/param, counted).
 Run: make bench (or GRAPHSAM_BENCH_DEVICE=cuda on a GPU machine).
 """
 import os
+import time
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ TENSORS = 100
 GROUP = f"optimizer step, {NUMEL / 1e6:g}M fp32 params in {TENSORS} tensors ({DEVICE})"
 conftest.BASELINES[GROUP] = "torch Adam(fused=True)"
 ROUNDS = int(os.environ.get("GRAPHSAM_BENCH_ROUNDS", 15))
+ALTERNATING = f"GraphSAM step, fused and reference alternating in each round ({DEVICE})"
+conftest.BASELINES[ALTERNATING] = "ours fused GraphSAM"
 
 BYTES = {  # per parameter per step, fp32
     "copy (same size)": 8,
@@ -149,3 +152,31 @@ def test_graphsam(benchmark, report, impl):
     opt.step(closure)  # the epoch's first step (exact gradient) is not what is timed
     timed(benchmark, lambda: opt.step(closure))
     record(report, benchmark, f"ours {impl} GraphSAM")
+
+
+def test_graphsam_alternating(benchmark, report):
+    """Fused and reference GraphSAM step by step in the same rounds: a slow spell of a shared
+    machine slows both, so their ratio is steadier than one taken from separate tests."""
+    steps, samples = {}, {"fused": [], "reference": []}
+    for impl in samples:
+        params, stored = make_problem()
+        opt = GraphSAM(params, rho=0.05, lr=1e-3, implementation=impl)
+        closure = refill(params, stored)
+        opt.step(closure)  # the epoch's first step
+        steps[impl] = (opt, closure)
+
+    def one_round():
+        for impl, (opt, closure) in steps.items():
+            start = time.perf_counter()
+            opt.step(closure)
+            sync()
+            samples[impl].append(time.perf_counter() - start)
+
+    for _ in range(2):
+        one_round()
+    for values in samples.values():
+        values.clear()
+    benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=0, iterations=1)
+    for impl, values in samples.items():
+        name = f"ours {impl} GraphSAM"
+        report.add(ALTERNATING, name, benchmark, bytes_moved=BYTES[name] * NUMEL, samples=values)

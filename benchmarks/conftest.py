@@ -4,9 +4,12 @@ Benchmarks call ``report.add(group, name, benchmark, bytes_moved=..., baseline=.
 ``benchmark(...)``; at the end of the run a table per group gives each entry's median time, its
 achieved bandwidth (bytes moved / median time) and its ratio to the group's baseline, all from
 this one run. ``GRAPHSAM_BENCH_REPORT=path`` also writes the tables as Markdown to a file.
+A benchmark that alternates several implementations inside each round passes each one's
+``samples``, so their ratio comes from the same rounds.
 """
 import os
 import pathlib
+import statistics
 import sys
 
 import pytest
@@ -20,11 +23,13 @@ class Report:
     def __init__(self):
         self.rows = {}
 
-    def add(self, group, name, benchmark, bytes_moved=None, extra=None):
+    def add(self, group, name, benchmark, bytes_moved=None, extra=None, samples=None):
+        """``samples``: seconds measured inside the benchmarked function (one part of each round),
+        used instead of the benchmark's own round times."""
         stats = getattr(benchmark, "stats", None)
         if stats is None or not getattr(stats, "stats", None):
             return  # --benchmark-disable: the code ran once as a smoke test, nothing was timed
-        median = stats.stats.median
+        median = stats.stats.median if samples is None else statistics.median(samples)
         row = {"name": name, "median_s": median}
         if bytes_moved is not None:
             row["GB/s"] = bytes_moved / median / 1e9
