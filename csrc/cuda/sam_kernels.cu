@@ -185,21 +185,34 @@ __device__ __forceinline__ void add_fold_sum(const DeviceFold<T>& fold, double a
   if (threadIdx.x == 0 && acc != 0.0) atomicAdd(fold.out, acc);
 }
 
+// Grid-stride loop over every segment. With a direction, each element's g is folded into the EMA
+// first and the block's sum of d_new^2 is added to the total; update(i, g_i) then does the base
+// optimizer's part.
+template <typename T, typename Update>
+__device__ __forceinline__ void fold_and_update(const T* g, const DeviceFold<T>& fold, bool skipped, bool init,
+                                                const Segments& segs, Update&& update) {
+  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
+    int64_t lo, hi;
+    segs.range(seg, lo, hi);
+    const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
+    double acc = 0.0;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+      const T gi = g[i];
+      if (fold.d) {
+        const T di = fold_element(fold, i, gi, inv, skipped, init);
+        acc += static_cast<double>(di) * static_cast<double>(di);
+      }
+      update(i, gi);
+    }
+    if (fold.d) add_fold_sum(fold, acc);
+  }
+}
+
 // direction_update_: the fold on its own (no base update), optionally as the EMA's start.
 template <typename T>
 __global__ void direction_kernel(const T* g, DeviceFold<T> fold, bool init, const bool* skip, Segments segs) {
   const bool skipped = skip != nullptr && *skip;
-  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
-    int64_t lo, hi;
-    segs.range(seg, lo, hi);
-    const T inv = static_cast<T>(fold.inv[segs.offsets ? seg : 0]);
-    double acc = 0.0;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
-      const T di = fold_element(fold, i, g[i], inv, skipped, init);
-      acc += static_cast<double>(di) * static_cast<double>(di);
-    }
-    add_fold_sum(fold, acc);
-  }
+  fold_and_update(g, fold, skipped, init, segs, [](int64_t, T) {});
 }
 
 at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
@@ -229,28 +242,16 @@ __global__ void adam_kernel(T* p, const T* src, const T* g, T* m, T* v, const do
   const T omb1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), omb2 = static_cast<T>(1.0 - beta2),
           ep = static_cast<T>(eps), wd = static_cast<T>(weight_decay), decay = static_cast<T>(1.0 - lr * weight_decay),
           ss = static_cast<T>(bias.step_size), bc2 = static_cast<T>(bias.bc2_sqrt);
-  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
-    int64_t lo, hi;
-    segs.range(seg, lo, hi);
-    const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
-    double acc = 0.0;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
-      const T gi = g[i];
-      if (fold.d) {
-        const T di = fold_element(fold, i, gi, inv, skipped);
-        acc += static_cast<double>(di) * static_cast<double>(di);
-      }
-      T pi = src[i];
-      if (!skipped) {
-        T mi = m[i], vi = v[i];
-        adam_element<T>(pi, gi, mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
-        m[i] = mi;
-        v[i] = vi;
-      }
-      p[i] = pi;
+  fold_and_update(g, fold, skipped, false, segs, [&](int64_t i, T gi) {
+    T pi = src[i];
+    if (!skipped) {
+      T mi = m[i], vi = v[i];
+      adam_element<T>(pi, gi, mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
+      m[i] = mi;
+      v[i] = vi;
     }
-    if (fold.d) add_fold_sum(fold, acc);
-  }
+    p[i] = pi;
+  });
 }
 
 void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
@@ -282,24 +283,12 @@ __global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double*
                            T weight_decay, bool nesterov) {
   const bool skipped = skip != nullptr && *skip;
   const bool first = *step <= 1.0;
-  for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
-    int64_t lo, hi;
-    segs.range(seg, lo, hi);
-    const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
-    double acc = 0.0;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
-      const T gi = g[i];
-      if (fold.d) {
-        const T di = fold_element(fold, i, gi, inv, skipped);
-        acc += static_cast<double>(di) * static_cast<double>(di);
-      }
-      T pi = src[i];
-      if (!skipped) sgd_element<T>(pi, gi, buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
-                                   weight_decay, nesterov);
-      p[i] = pi;
-    }
-    if (fold.d) add_fold_sum(fold, acc);
-  }
+  fold_and_update(g, fold, skipped, false, segs, [&](int64_t i, T gi) {
+    T pi = src[i];
+    if (!skipped) sgd_element<T>(pi, gi, buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
+                                 weight_decay, nesterov);
+    p[i] = pi;
+  });
 }
 
 void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentum_buffer, const at::Tensor& step,

@@ -3,7 +3,9 @@
 Every op works on one contiguous float32/float64 buffer (and same-sized twins). Values that
 depend on data (norms, scales, the skip flag, Adam's step) are tensors on the buffer's device,
 never Python numbers, so a step needs no host synchronization. ``offsets`` (int64, (nseg + 1,))
-splits a buffer into segments (one per parameter tensor) for per-tensor variants.
+splits a buffer into segments (one per parameter tensor) for per-tensor variants. The buffers of
+one call must not overlap, except that ``source`` may be ``param`` itself: the CPU kernels are
+compiled on that promise.
 """
 from __future__ import annotations
 
