@@ -3,8 +3,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 #define GSE_CHECK(cond, op, backend, ...) TORCH_CHECK(cond, op, " (", backend, "): ", __VA_ARGS__)
 
@@ -62,6 +64,25 @@ inline void check_scalar_tensor(const at::Tensor& t, const at::Tensor& like, con
 // ---- per-op argument checks of the flat-buffer SAM ops, shared by both backends ----
 namespace graphsam_ext {
 
+using NamedTensors = std::vector<std::pair<const at::Tensor*, const char*>>;
+
+// The CPU kernels read and write every buffer at the same index only, and are compiled on the
+// promise that buffers do not overlap; one that is the very same buffer as another is fine.
+inline void check_no_partial_overlap(const NamedTensors& buffers, const char* op, const char* backend) {
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    for (size_t j = i + 1; j < buffers.size(); ++j) {
+      const at::Tensor& a = *buffers[i].first;
+      const at::Tensor& b = *buffers[j].first;
+      if (a.numel() == 0 || b.numel() == 0 || a.data_ptr() == b.data_ptr()) continue;
+      const auto a0 = reinterpret_cast<std::uintptr_t>(a.data_ptr());
+      const auto b0 = reinterpret_cast<std::uintptr_t>(b.data_ptr());
+      const bool disjoint = a0 + a.nbytes() <= b0 || b0 + b.nbytes() <= a0;
+      GSE_CHECK(disjoint, op, backend, buffers[i].second, " and ", buffers[j].second,
+                " overlap in memory; pass separate buffers (only source may be param itself)");
+    }
+  }
+}
+
 inline void check_skip(const c10::optional<at::Tensor>& skip, const at::Tensor& like, const char* op,
                        const char* backend) {
   if (!skip.has_value()) return;
@@ -98,6 +119,7 @@ inline int64_t check_perturb(const at::Tensor& param, const at::Tensor& backup, 
   check_param(param, op, backend);
   check_flat(backup, param, "backup", op, backend);
   check_flat(direction, param, "direction", op, backend);
+  check_no_partial_overlap({{&param, "param"}, {&backup, "backup"}, {&direction, "direction"}}, op, backend);
   check_skip(skip, param, op, backend);
   return check_segment_values(scale, "scale", param, offsets, op, backend);
 }
@@ -108,22 +130,10 @@ inline int64_t check_direction_update(const at::Tensor& direction, const at::Ten
   const char* op = "direction_update_";
   check_param(direction, op, backend);
   check_flat(grad, direction, "grad", op, backend);
+  check_no_partial_overlap({{&direction, "direction"}, {&grad, "grad"}}, op, backend);
   GSE_CHECK(beta >= 0.0 && beta < 1.0, op, backend, "beta must be in [0, 1), got ", beta);
   check_skip(skip, direction, op, backend);
   return check_segment_values(inv_norm, "inv_norm", direction, offsets, op, backend);
-}
-
-// Shared by adam_step_ and sgd_step_: `state` are the optimizer buffers, checked like the param.
-inline void check_base_step(const char* op, const at::Tensor& param, const at::Tensor& grad,
-                            std::initializer_list<std::pair<const at::Tensor*, const char*>> state,
-                            const at::Tensor& step, const c10::optional<at::Tensor>& source,
-                            const c10::optional<at::Tensor>& skip, const char* backend) {
-  check_param(param, op, backend);
-  check_flat(grad, param, "grad", op, backend);
-  for (const auto& entry : state) check_flat(*entry.first, param, entry.second, op, backend);
-  if (source.has_value()) check_flat(*source, param, "source", op, backend);
-  check_scalar_tensor(step, param, "step", op, backend);
-  check_skip(skip, param, op, backend);
 }
 
 // The optional GraphSAM direction EMA of a base update: direction, inv_norm and direction_sq come
@@ -149,23 +159,48 @@ inline int64_t check_direction_fold(const char* op, const at::Tensor& param,
   return check_segment_values(*inv_norm, "inv_norm", param, offsets, op, backend);
 }
 
-inline void check_adam_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                            const at::Tensor& exp_avg_sq, const at::Tensor& step,
-                            const c10::optional<at::Tensor>& source, const c10::optional<at::Tensor>& skip,
-                            const char* backend) {
-  check_base_step("adam_step_", param, grad, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, step, source,
-                  skip, backend);
+// The arguments adam_step_ and sgd_step_ share besides their optimizer state.
+struct BaseStepArgs {
+  const at::Tensor& param;
+  const at::Tensor& grad;
+  const at::Tensor& step;
+  const c10::optional<at::Tensor>& source;
+  const c10::optional<at::Tensor>& skip;
+  const c10::optional<at::Tensor>& direction;
+  const c10::optional<at::Tensor>& inv_norm;
+  const c10::optional<at::Tensor>& offsets;
+  double beta;
+  const c10::optional<at::Tensor>& direction_sq;
+};
+
+// `state` are the optimizer buffers, checked like the param. Returns the fold's segment count.
+inline int64_t check_base_step(const char* op, const BaseStepArgs& args, NamedTensors state, const char* backend) {
+  const at::Tensor& param = args.param;
+  check_param(param, op, backend);
+  check_flat(args.grad, param, "grad", op, backend);
+  for (const auto& entry : state) check_flat(*entry.first, param, entry.second, op, backend);
+  if (args.source.has_value()) check_flat(*args.source, param, "source", op, backend);
+  check_scalar_tensor(args.step, param, "step", op, backend);
+  check_skip(args.skip, param, op, backend);
+  const int64_t nseg = check_direction_fold(op, param, args.direction, args.inv_norm, args.offsets, args.beta,
+                                            args.direction_sq, backend);
+  state.insert(state.begin(), {{&param, "param"}, {&args.grad, "grad"}});
+  if (args.source.has_value()) state.emplace_back(&*args.source, "source");
+  if (args.direction.has_value()) state.emplace_back(&*args.direction, "direction");
+  check_no_partial_overlap(state, op, backend);
+  return nseg;
+}
+
+inline int64_t check_adam_step(const BaseStepArgs& args, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                               const char* backend) {
+  return check_base_step("adam_step_", args, {{&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}}, backend);
 }
 
 // The momentum buffer is only read (and checked) when momentum != 0.
-inline void check_sgd_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& momentum_buffer,
-                           double momentum, const at::Tensor& step, const c10::optional<at::Tensor>& source,
-                           const c10::optional<at::Tensor>& skip, const char* backend) {
-  if (momentum != 0.0) {
-    check_base_step("sgd_step_", param, grad, {{&momentum_buffer, "momentum_buffer"}}, step, source, skip, backend);
-  } else {
-    check_base_step("sgd_step_", param, grad, {}, step, source, skip, backend);
-  }
+inline int64_t check_sgd_step(const BaseStepArgs& args, const at::Tensor& momentum_buffer, double momentum,
+                              const char* backend) {
+  if (momentum != 0.0) return check_base_step("sgd_step_", args, {{&momentum_buffer, "momentum_buffer"}}, backend);
+  return check_base_step("sgd_step_", args, {}, backend);
 }
 
 }  // namespace graphsam_ext

@@ -280,8 +280,30 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="only used with a direction"):
         native("sgd_step_")(p, p.clone(), p.clone(), torch.tensor(1.0), None, None, 0.1, 0.0, 0.0, 0.0, False,
                             None, torch.tensor(1.0))
+    buf = torch.zeros(20)
+    with pytest.raises(RuntimeError, match=r"perturb_ \(CPU\): param and backup overlap in memory"):
+        native("perturb_")(buf[:10], buf[5:15], torch.zeros(10), torch.tensor(1.0), None, False, None)
+    with pytest.raises(RuntimeError, match="grad and exp_avg overlap in memory"):
+        native("adam_step_")(p, buf[:10], buf[3:13], p.clone(), torch.tensor(1.0), None, None,
+                             1e-3, 0.9, 0.999, 1e-8, 0.0, False)
+    with pytest.raises(RuntimeError, match="momentum_buffer and direction overlap in memory"):
+        native("sgd_step_")(p, p.clone(), buf[:10], torch.tensor(1.0), None, None, 0.1, 0.9, 0.0, 0.0, False,
+                            buf[1:11], torch.tensor(1.0), None, 0.9, torch.zeros((), dtype=torch.float64))
     with pytest.raises(RuntimeError, match="scale must have 2 element"):
         native("perturb_")(p, p.clone(), p, torch.ones(3), torch.tensor([0, 4, 10]), False, None)
+
+
+def test_source_may_be_param_itself(gen):
+    """Restoring from the parameter itself is the plain in-place update, not an overlap."""
+    p, g, m = (rand(1000, torch.float32, "cpu", gen) for _ in range(3))
+    v = rand(1000, torch.float32, "cpu", gen).abs()
+    step = torch.tensor(2.0)
+    a = [t.clone() for t in (p, m, v)]
+    b = [t.clone() for t in (p, m, v)]
+    native("adam_step_")(a[0], g, a[1], a[2], step, a[0], None, 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    native("adam_step_")(b[0], g, b[1], b[2], step, None, None, 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
 
 
 def test_wrappers_follow_backend_choice(monkeypatch):

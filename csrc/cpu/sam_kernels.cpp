@@ -349,7 +349,8 @@ struct DirectionFold {
   double beta;
 
   DirectionFold(const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& inv_norm,
-                const c10::optional<at::Tensor>& offs, int64_t nsegments, double b, const c10::optional<at::Tensor>& dsq)
+                const c10::optional<at::Tensor>& offs, int64_t nsegments, double b,
+                const c10::optional<at::Tensor>& dsq)
       : offsets(offsets_ptr(offs)), nseg(nsegments), beta(b) {
     if (!d.has_value()) return;
     direction = *d;
@@ -400,9 +401,8 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
                    double weight_decay, bool decoupled, const c10::optional<at::Tensor>& direction,
                    const c10::optional<at::Tensor>& inv_norm, const c10::optional<at::Tensor>& offsets, double beta,
                    const c10::optional<at::Tensor>& direction_sq) {
-  check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
-  const int64_t nseg = check_direction_fold("adam_step_", param, direction, inv_norm, offsets, beta, direction_sq,
-                                            kBackend);
+  const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
+  const int64_t nseg = check_adam_step(args, exp_avg, exp_avg_sq, kBackend);
   const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
   const bool skipped = read_skip(skip);
   if (skipped && source.has_value()) param.copy_(*source);
@@ -429,9 +429,8 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
                   const c10::optional<at::Tensor>& direction, const c10::optional<at::Tensor>& inv_norm,
                   const c10::optional<at::Tensor>& offsets, double beta,
                   const c10::optional<at::Tensor>& direction_sq) {
-  check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
-  const int64_t nseg = check_direction_fold("sgd_step_", param, direction, inv_norm, offsets, beta, direction_sq,
-                                            kBackend);
+  const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
+  const int64_t nseg = check_sgd_step(args, momentum_buffer, momentum, kBackend);
   const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
   const bool skipped = read_skip(skip);
   if (skipped && source.has_value()) param.copy_(*source);

@@ -196,7 +196,8 @@ __device__ __forceinline__ void fold_and_update(const T* g, const DeviceFold<T>&
     segs.range(seg, lo, hi);
     const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
     double acc = 0.0;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += stride) {
       const T gi = g[i];
       if (fold.d) {
         const T di = fold_element(fold, i, gi, inv, skipped, init);
@@ -260,9 +261,8 @@ void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_a
                     double weight_decay, bool decoupled, const c10::optional<at::Tensor>& direction,
                     const c10::optional<at::Tensor>& inv_norm, const c10::optional<at::Tensor>& offsets, double beta,
                     const c10::optional<at::Tensor>& direction_sq) {
-  check_adam_step(param, grad, exp_avg, exp_avg_sq, step, source, skip, kBackend);
-  const int64_t nseg = check_direction_fold("adam_step_", param, direction, inv_norm, offsets, beta, direction_sq,
-                                            kBackend);
+  const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
+  const int64_t nseg = check_adam_step(args, exp_avg, exp_avg_sq, kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);
@@ -297,9 +297,8 @@ void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& moment
                    const c10::optional<at::Tensor>& direction, const c10::optional<at::Tensor>& inv_norm,
                    const c10::optional<at::Tensor>& offsets, double beta,
                    const c10::optional<at::Tensor>& direction_sq) {
-  check_sgd_step(param, grad, momentum_buffer, momentum, step, source, skip, kBackend);
-  const int64_t nseg = check_direction_fold("sgd_step_", param, direction, inv_norm, offsets, beta, direction_sq,
-                                            kBackend);
+  const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
+  const int64_t nseg = check_sgd_step(args, momentum_buffer, momentum, kBackend);
   if (param.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);

@@ -4,8 +4,8 @@ Every op works on one contiguous float32/float64 buffer (and same-sized twins). 
 depend on data (norms, scales, the skip flag, Adam's step) are tensors on the buffer's device,
 never Python numbers, so a step needs no host synchronization. ``offsets`` (int64, (nseg + 1,))
 splits a buffer into segments (one per parameter tensor) for per-tensor variants. The buffers of
-one call must not overlap, except that ``source`` may be ``param`` itself: the CPU kernels are
-compiled on that promise.
+one call must not overlap (the CPU kernels are compiled on that promise); the ops reject buffers
+that overlap in part, while one buffer passed twice (``source`` as ``param`` itself) is fine.
 """
 from __future__ import annotations
 
