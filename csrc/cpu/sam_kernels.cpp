@@ -348,18 +348,23 @@ struct DirectionFold {
   int64_t nseg;
   double beta;
 
-  DirectionFold(const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& inv_norm,
-                const c10::optional<at::Tensor>& offs, int64_t nsegments, double b,
-                const c10::optional<at::Tensor>& dsq)
-      : offsets(offsets_ptr(offs)), nseg(nsegments), beta(b) {
-    if (!d.has_value()) return;
-    direction = *d;
-    direction_sq = *dsq;
-    inv64 = inv_norm->to(at::kDouble).contiguous();
+  DirectionFold(const BaseStepArgs& args, int64_t nsegments)
+      : offsets(offsets_ptr(args.offsets)), nseg(nsegments), beta(args.beta) {
+    if (!args.direction.has_value()) return;
+    direction = *args.direction;
+    direction_sq = *args.direction_sq;
+    inv64 = args.inv_norm->to(at::kDouble).contiguous();
   }
   bool active() const { return direction.defined(); }
   void add(double value) const { direction_sq.add_(value); }
 };
+
+// The skip flag of a checked base update; a skipped step restores here and updates nothing.
+bool restore_if_skipped(const BaseStepArgs& args, at::Tensor& param) {
+  const bool skipped = read_skip(args.skip);
+  if (skipped && args.source.has_value()) param.copy_(*args.source);
+  return skipped;
+}
 
 // Runs update(lo, hi, ema) over [0, n). With a direction, the update's loop also runs the EMA,
 // over fixed chunks: each chunk's new d is summed while it is still in cache, and the partial sums
@@ -402,10 +407,8 @@ void adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_av
                    const c10::optional<at::Tensor>& inv_norm, const c10::optional<at::Tensor>& offsets, double beta,
                    const c10::optional<at::Tensor>& direction_sq) {
   const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
-  const int64_t nseg = check_adam_step(args, exp_avg, exp_avg_sq, kBackend);
-  const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
-  const bool skipped = read_skip(skip);
-  if (skipped && source.has_value()) param.copy_(*source);
+  const DirectionFold fold(args, check_adam_step(args, exp_avg, exp_avg_sq, kBackend));
+  const bool skipped = restore_if_skipped(args, param);
   const AdamBias bias = adam_bias(skipped ? 1.0 : step.item<double>(), lr, beta1, beta2);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cpu", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
@@ -430,10 +433,8 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
                   const c10::optional<at::Tensor>& offsets, double beta,
                   const c10::optional<at::Tensor>& direction_sq) {
   const BaseStepArgs args{param, grad, step, source, skip, direction, inv_norm, offsets, beta, direction_sq};
-  const int64_t nseg = check_sgd_step(args, momentum_buffer, momentum, kBackend);
-  const DirectionFold fold(direction, inv_norm, offsets, nseg, beta, direction_sq);
-  const bool skipped = read_skip(skip);
-  if (skipped && source.has_value()) param.copy_(*source);
+  const DirectionFold fold(args, check_sgd_step(args, momentum_buffer, momentum, kBackend));
+  const bool skipped = restore_if_skipped(args, param);
   const bool first = step.item<double>() <= 1.0;
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cpu", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
