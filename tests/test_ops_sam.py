@@ -43,14 +43,34 @@ def rand(n, dtype, device, gen, scale=1.0):
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("power", [0, 1, 2])
 @pytest.mark.parametrize("segmented", [False, True])
-def test_sum_squares(device, dtype, n, power, segmented, gen):
+@pytest.mark.parametrize("shift", [0.0, 1e-3])
+def test_sum_squares(device, dtype, n, power, segmented, shift, gen):
     x, w = rand(n, dtype, device, gen), rand(n, dtype, device, gen)
     offsets = random_offsets(n, gen, device) if segmented else None
-    shift = 1e-3 if power == 1 else 0.0
     got = native("sum_squares")(x, w if power else None, offsets, power, shift)
     want = reference.sum_squares(x, w if power else None, offsets, power, shift)
     assert got.dtype == torch.float64 and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("power", [0, 1, 2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_sum_squares_propagates_non_finite(device, power, bad, gen):
+    """A non-finite element anywhere (vector body or scalar tail) makes the norm non-finite,
+    which is how the optimizers detect a step to skip; signed zeros in the weight change nothing."""
+    n = 4 * 1024 + 7
+    x, w = rand(n, torch.float32, device, gen), rand(n, torch.float32, device, gen)
+    w[:: 5] = 0.0
+    w[1:: 5] = -0.0
+    clean = native("sum_squares")(x, w if power else None, None, power, 1e-3)
+    torch.testing.assert_close(clean, reference.sum_squares(x, w if power else None, None, power, 1e-3),
+                               rtol=1e-12, atol=1e-12)
+    for where in (int(torch.randint(0, n - 7, (1,), generator=gen)), n - 1):
+        y = x.clone()
+        y[where] = bad
+        got = native("sum_squares")(y, w if power else None, None, power, 1e-3)
+        assert not torch.isfinite(got), (where, got)
 
 
 # Large enough for the CPU kernels' streaming-store paths (buffers of 4 MiB and more).

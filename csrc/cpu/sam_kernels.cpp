@@ -118,19 +118,30 @@ inline void load_double4(const T* x, Double4& out) {
 }
 #endif
 
-// sum x^2 over [lo, hi) with 16 running sums, lane j taking the elements i + j, combined in a
-// fixed order: the result is the same whichever clone runs and however the range was split.
-template <typename T>
-GSE_CPU_CLONES double plain_sum_squares_range(const T* x, int64_t lo, int64_t hi) {
+// sum over [lo, hi) of square_term (|w|^Power * x + shift)^2, in double, with 16 running sums
+// (lane j takes the elements i + j) combined in a fixed order: the result is the same whichever
+// clone runs and however the range was split. Power 0 without a shift is the plain sum x^2.
+template <typename T, int Power, bool Shift>
+GSE_CPU_CLONES double sum_squares_lanes(const T* x, const T* w, double shift, int64_t lo, int64_t hi) {
   double acc[16] = {0};
   int64_t i = lo;
 #if defined(__GNUC__)
   Double4 a[4] = {};
   for (; i + 16 <= hi; i += 16) {
-    if (i % page_elements<T>() == 0) prefetch_pages_ahead(x + i);
+    if (i % page_elements<T>() == 0) {
+      prefetch_pages_ahead(x + i);
+      if (Power) prefetch_pages_ahead(w + i);
+    }
     for (int k = 0; k < 4; ++k) {
       Double4 v;
       load_double4(x + i + 4 * k, v);
+      if (Power) {
+        Double4 aw;
+        load_double4(w + i + 4 * k, aw);
+        aw = aw < 0 ? -aw : aw;
+        v = v * (Power == 2 ? aw * aw : aw);
+      }
+      if (Shift) v = v + shift;
       a[k] += v * v;
     }
   }
@@ -138,27 +149,30 @@ GSE_CPU_CLONES double plain_sum_squares_range(const T* x, int64_t lo, int64_t hi
     for (int j = 0; j < 4; ++j) acc[4 * k + j] = a[k][j];
 #else
   for (; i + 16 <= hi; i += 16)
-    for (int j = 0; j < 16; ++j) {
-      const double v = static_cast<double>(x[i + j]);
-      acc[j] += v * v;
-    }
+    for (int j = 0; j < 16; ++j) acc[j] += square_term<T, double>(x[i + j], w ? w[i + j] : T(0), Power, shift);
 #endif
-  for (; i < hi; ++i) acc[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-  for (int w = 8; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  for (; i < hi; ++i) acc[0] += square_term<T, double>(x[i], w ? w[i] : T(0), Power, shift);
+  for (int width = 8; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
   return acc[0];
 }
 
-// Sum of square_term over [lo, hi) with 8 running sums combined in a fixed order.
 template <typename T>
-GSE_CPU_CLONES double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
-  if (power == 0 && shift == 0.0) return plain_sum_squares_range<T>(x, lo, hi);
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = lo;
-  for (; i + 8 <= hi; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += square_term<T, double>(x[i + j], w ? w[i + j] : T(0), power, shift);
-  for (; i < hi; ++i) acc[0] += square_term<T, double>(x[i], w ? w[i] : T(0), power, shift);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+double plain_sum_squares_range(const T* x, int64_t lo, int64_t hi) {
+  return sum_squares_lanes<T, 0, false>(x, nullptr, 0.0, lo, hi);
+}
+
+template <typename T>
+double sum_squares_range(const T* x, const T* w, int power, double shift, int64_t lo, int64_t hi) {
+  const bool shifted = shift != 0.0;
+  switch (power) {
+    case 0:
+      return shifted ? sum_squares_lanes<T, 0, true>(x, w, shift, lo, hi) : plain_sum_squares_range<T>(x, lo, hi);
+    case 1:
+      return shifted ? sum_squares_lanes<T, 1, true>(x, w, shift, lo, hi) : sum_squares_lanes<T, 1, false>(x, w, shift, lo, hi);
+    default:
+      return shifted ? sum_squares_lanes<T, 2, true>(x, w, shift, lo, hi) : sum_squares_lanes<T, 2, false>(x, w, shift, lo, hi);
+  }
 }
 
 // Every buffer is read and written at index i only (the source may be param itself), so there is
