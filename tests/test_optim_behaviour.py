@@ -352,6 +352,8 @@ def test_params_on_several_devices_rejected():
         SAM(params, implementation="fused")
 
 
+# the helper below wraps opt.step after the scheduler was made, which LRScheduler warns about
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_lr_scheduler_drives_fused_updates():
     a, opt_a, _ = run(lambda g: _scheduled(SAM(g, lr=1e-2, implementation="fused")), TOTAL)
     b, opt_b, _ = run(lambda g: _scheduled(SAM(g, lr=1e-2, implementation="reference")), TOTAL)
