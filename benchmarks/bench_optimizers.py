@@ -4,14 +4,18 @@ The closure only refills the gradients from a preallocated buffer, so what is ti
 optimizer's own work. GB/s = bytes an ideal implementation moves per step / median time:
 the closure's refill (8 B/param: read the stored gradient, write .grad) plus the update
 (Adam 28 B/param; SAM adds two norm reads, the perturbation and backup (16 B) and a second
-refill; GraphSAM adds the perturbation, one norm read and the direction EMA, which reads and
-writes d (8 B) in the pass that reads the gradient for Adam).
-Ours also zero the gradient buffer before each closure (4 B/param, counted).
+refill; ASAM's first norm also reads the weights (4 B); GraphSAM adds the perturbation, one norm
+read and the direction EMA, which reads and writes d (8 B) in the pass that reads the gradient for
+Adam). Ours also zero the gradient buffer before each closure (4 B/param, counted).
+
+Each contender is timed alone (``test_step``) and all of them in turn in the same rounds
+(``test_round_robin``), which gives the steadier ratios on a shared machine.
 
 Run: make bench (or GRAPHSAM_BENCH_DEVICE=cuda on a GPU machine).
 """
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +30,8 @@ TENSORS = 100
 GROUP = f"optimizer step, {NUMEL / 1e6:g}M fp32 params in {TENSORS} tensors ({DEVICE})"
 conftest.BASELINES[GROUP] = "torch Adam(fused=True)"
 ROUNDS = int(os.environ.get("GRAPHSAM_BENCH_ROUNDS", 15))
-ALTERNATING = f"GraphSAM step, fused and reference alternating in each round ({DEVICE})"
-conftest.BASELINES[ALTERNATING] = "ours fused GraphSAM"
+ROUND_ROBIN = f"the same step, every contender in turn in each round ({DEVICE})"
+conftest.BASELINES[ROUND_ROBIN] = "torch Adam(fused=True)"
 
 BYTES = {  # per parameter per step, fp32
     "copy (same size)": 8,
@@ -35,6 +39,7 @@ BYTES = {  # per parameter per step, fp32
     "torch Adam(fused=True)": 8 + 28,
     "ours fused Adam": 4 + 8 + 28,
     "ours fused SAM": 2 * (4 + 8) + 4 + 16 + 4 + 28,
+    "ours fused ASAM": 2 * (4 + 8) + 8 + 16 + 4 + 28,
     "plain per-tensor SAM": 2 * 8 + 4 + 16 + 4 + 28,
     "ours fused GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
     "ours reference GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
@@ -73,10 +78,6 @@ def timed(benchmark, fn):
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2, iterations=1)
 
 
-def record(report, benchmark, name):
-    report.add(GROUP, name, benchmark, bytes_moved=BYTES[name] * NUMEL)
-
-
 def plain_sam_step(params, base, rho, closure):
     """SAM the way it is usually written: per-tensor ops, perturb, re-evaluate, subtract."""
     closure()
@@ -95,23 +96,25 @@ def plain_sam_step(params, base, rho, closure):
     base.step()
 
 
-def test_copy(benchmark, report):
+def copy_step():
     src = torch.randn(NUMEL, device=DEVICE)
     dst = torch.empty_like(src)
-    timed(benchmark, lambda: dst.copy_(src))
-    record(report, benchmark, "copy (same size)")
+    return lambda: dst.copy_(src)
 
 
-@pytest.mark.parametrize("variant", ["foreach", "fused"])
-def test_torch_adam(benchmark, report, variant):
+def optimizer_step(make, first_step_untimed=False):
+    """A contender from ``make(params)``: anything with ``step(closure)``, given the refill closure.
+    ``first_step_untimed``: take one step first (GraphSAM's epoch-first step, with an exact
+    gradient and a second closure call, is not what is timed)."""
     params, stored = make_problem()
-    opt = torch.optim.Adam(params, lr=1e-3, **{variant: True})
+    opt = make(params)
     closure = refill(params, stored)
-    timed(benchmark, lambda: opt.step(closure))
-    record(report, benchmark, f"torch Adam({variant}=True)")
+    if first_step_untimed:
+        opt.step(closure)
+    return lambda: opt.step(closure)
 
 
-def test_ours_fused_adam(benchmark, report):
+def ours_fused_adam_step():
     params, stored = make_problem()
     flat = FlatParams([{"params": params}])
     bucket = flat.buckets[0]
@@ -124,59 +127,58 @@ def test_ours_fused_adam(benchmark, report):
         closure()
         step.add_(1)
         ops.adam_step_(bucket.data, bucket.grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
-    timed(benchmark, adam_step)
-    record(report, benchmark, "ours fused Adam")
+    return adam_step
 
 
-def test_ours_fused_sam(benchmark, report):
-    params, stored = make_problem()
-    opt = SAM(params, rho=0.05, lr=1e-3, implementation="fused")
-    closure = refill(params, stored)
-    timed(benchmark, lambda: opt.step(closure))
-    record(report, benchmark, "ours fused SAM")
-
-
-def test_plain_sam(benchmark, report):
-    params, stored = make_problem()
+def plain_sam(params):
     base = torch.optim.Adam(params, lr=1e-3)
-    closure = refill(params, stored)
-    timed(benchmark, lambda: plain_sam_step(params, base, 0.05, closure))
-    record(report, benchmark, "plain per-tensor SAM")
+    return SimpleNamespace(step=lambda closure: plain_sam_step(params, base, 0.05, closure))
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
-def test_graphsam(benchmark, report, impl):
-    params, stored = make_problem()
-    opt = GraphSAM(params, rho=0.05, lr=1e-3, implementation=impl)
-    closure = refill(params, stored)
-    opt.step(closure)  # the epoch's first step (exact gradient) is not what is timed
-    timed(benchmark, lambda: opt.step(closure))
-    record(report, benchmark, f"ours {impl} GraphSAM")
+def graphsam(impl):
+    return lambda: optimizer_step(lambda p: GraphSAM(p, rho=0.05, lr=1e-3, implementation=impl), True)
 
 
-def test_graphsam_alternating(benchmark, report):
-    """Fused and reference GraphSAM step by step in the same rounds: a slow spell of a shared
-    machine slows both, so their ratio is steadier than one taken from separate tests."""
-    steps, samples = {}, {"fused": [], "reference": []}
-    for impl in samples:
-        params, stored = make_problem()
-        opt = GraphSAM(params, rho=0.05, lr=1e-3, implementation=impl)
-        closure = refill(params, stored)
-        opt.step(closure)  # the epoch's first step
-        steps[impl] = (opt, closure)
+# name -> a function that sets the contender up and returns one step of it
+CONTENDERS = {
+    "copy (same size)": copy_step,
+    "torch Adam(foreach=True)": lambda: optimizer_step(lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)),
+    "torch Adam(fused=True)": lambda: optimizer_step(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
+    "ours fused Adam": ours_fused_adam_step,
+    "ours fused SAM": lambda: optimizer_step(lambda p: SAM(p, rho=0.05, lr=1e-3, implementation="fused")),
+    "ours fused ASAM": lambda: optimizer_step(
+        lambda p: SAM(p, rho=0.5, adaptive=True, lr=1e-3, implementation="fused")),
+    "plain per-tensor SAM": lambda: optimizer_step(plain_sam),
+    "ours fused GraphSAM": graphsam("fused"),
+    "ours reference GraphSAM": graphsam("reference"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTENDERS))
+def test_step(benchmark, report, name):
+    timed(benchmark, CONTENDERS[name]())
+    report.add(GROUP, name, benchmark, bytes_moved=BYTES[name] * NUMEL)
+
+
+def test_round_robin(benchmark, report):
+    """Every contender takes one step in each round, in a fixed order: a slow spell of a shared
+    machine falls on all of them, so their ratios are steadier than those of the separate tests,
+    and none finds its own data still in cache from its previous step."""
+    steps = {name: make() for name, make in CONTENDERS.items()}
+    samples = {name: [] for name in steps}
 
     def one_round():
-        for impl, (opt, closure) in steps.items():
-            start = time.perf_counter()
-            opt.step(closure)
+        for name, step in steps.items():
             sync()
-            samples[impl].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            step()
+            sync()
+            samples[name].append(time.perf_counter() - start)
 
     for _ in range(2):
         one_round()
     for values in samples.values():
         values.clear()
     benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=0, iterations=1)
-    for impl, values in samples.items():
-        name = f"ours {impl} GraphSAM"
-        report.add(ALTERNATING, name, benchmark, bytes_moved=BYTES[name] * NUMEL, samples=values)
+    for name, values in samples.items():
+        report.add(ROUND_ROBIN, name, benchmark, bytes_moved=BYTES[name] * NUMEL, samples=values)
