@@ -140,6 +140,8 @@ def test_graphsam_matches_paper_algorithm(impl):
     lambda g, impl: GraphSAM(g, rho=0.05, steps_per_epoch=3, lr=1e-2, implementation=impl),
     lambda g, impl: GraphSAM(g, rho=0.05, steps_per_epoch=3, mode="reference", base_optimizer="sgd",
                              momentum=0.9, lr=1e-2, implementation=impl),
+    lambda g, impl: GraphSAM(g, rho=0.05, steps_per_epoch=3, base_optimizer=torch.optim.RMSprop, lr=1e-2,
+                             implementation=impl),
 ])
 def test_resume_equals_uninterrupted(impl, make):
     def with_scheduler(groups):
@@ -267,6 +269,77 @@ def test_two_phase_api_equals_closure_api():
         assert torch.equal(x.detach(), y.detach())
 
 
+def run_with_late_group(make_opt, steps_before=4, steps_after=6):
+    """Start with the first param group, add the second with ``add_param_group`` after a few steps."""
+    params = make_params(TOTAL)
+    targets = make_targets(params)
+    first, second = param_groups(params, 2)
+    opt = make_opt([first])
+    for batch in range(steps_before + steps_after):
+        if batch == steps_before:
+            opt.add_param_group(second)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(params, targets, batch)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return params
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", [SAM, GraphSAM])
+@pytest.mark.parametrize("base,torch_cls,kw", [
+    ("adam", torch.optim.Adam, dict(lr=1e-2, weight_decay=0.01)),
+    ("sgd", torch.optim.SGD, dict(lr=1e-2, momentum=0.9)),
+    (torch.optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-2)),
+])
+def test_add_param_group_later_is_the_base_optimizer(impl, cls, base, torch_cls, kw):
+    """With rho = 0, adding a group after some steps does what torch's optimizer does: the new
+    parameters start from fresh state, the others keep theirs."""
+    want = run_with_late_group(lambda groups: torch_cls(groups, **kw))
+    extra = dict(steps_per_epoch=3) if cls is GraphSAM else {}
+    got = run_with_late_group(
+        lambda groups: cls(groups, base_optimizer=base, rho=0.0, implementation=impl, **extra, **kw))
+    assert_params(got, want, exact=impl != "fused")
+
+
+@pytest.mark.parametrize("cls", [SAM, GraphSAM])
+def test_add_param_group_later_parity(cls):
+    """With rho > 0, the fused engine rebuilt by add_param_group keeps agreeing with the reference."""
+    runs = {impl: run_with_late_group(lambda groups: cls(groups, rho=0.1, lr=1e-2, implementation=impl))
+            for impl in IMPLS}
+    for impl in ("foreach", "fused"):
+        assert_params(runs[impl], runs["reference"], exact=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_add_param_group_checks(impl):
+    params = make_params(TOTAL)
+    targets = make_targets(params)
+    first, second = param_groups(params, 2)
+    opt = GraphSAM([first], rho=0.1, lr=1e-2, implementation=impl)
+    before = [p.detach().clone() for p in params[len(first["params"]):]]
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({**second, "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    loss_fn(params, targets, 0).backward()
+    opt.exact_gradient_step()
+    opt.first_step()
+    with pytest.raises(RuntimeError, match="second_step"):
+        opt.add_param_group(second)
+    assert len(opt.param_groups) == 1
+    opt.zero_grad()
+    loss_fn(params, targets, 0).backward()
+    opt.second_step()
+    opt.add_param_group(second)
+    assert len(opt.param_groups) == 2
+    opt.step(lambda: loss_fn(params, targets, 1).backward())
+    after = params[len(first["params"]):]
+    assert all(not torch.equal(a.detach(), b) for a, b in zip(after, before))
+
+
 def test_closure_calls_per_epoch():
     steps_per_epoch = 5
     _, g, _ = run(lambda groups: GraphSAM(groups, steps_per_epoch=steps_per_epoch), 3, steps=2 * steps_per_epoch)
@@ -300,11 +373,17 @@ def test_reference_mode_perturbation_saturates_at_radius():
         assert float((p.detach() - b).norm()) == pytest.approx(0.01, rel=1e-4)
 
 
-def test_generic_base_optimizer():
-    want = torch_run(torch.optim.RMSprop, lr=1e-3)
-    got, opt, _ = run(lambda groups: SAM(groups, base_optimizer=torch.optim.RMSprop, rho=0.0, lr=1e-3), TOTAL)
-    assert_params(got, want, exact=True)
-    assert isinstance(opt.base_optimizer, torch.optim.RMSprop)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", [SAM, GraphSAM])
+@pytest.mark.parametrize("base_cls", [torch.optim.RMSprop, torch.optim.Adagrad])
+def test_generic_base_optimizer(impl, cls, base_cls):
+    """Bases that set their state up lazily (RMSprop) or at construction (Adagrad)."""
+    want = torch_run(base_cls, lr=1e-3)
+    extra = dict(steps_per_epoch=3) if cls is GraphSAM else {}
+    got, opt, _ = run(lambda groups: cls(groups, base_optimizer=base_cls, rho=0.0, lr=1e-3, implementation=impl,
+                                         **extra), TOTAL)
+    assert_params(got, want, exact=True)  # the update is the base's own code
+    assert isinstance(opt.base_optimizer, base_cls)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -49,6 +49,7 @@ class _ListEngine:
         for p in self.params:
             self._init_state(optimizer.state[p], p)
         self.backup = [torch.empty_like(p) for p in self.params]
+        self.perturbed = False  # between perturb() and the restore
 
     def _init_state(self, st: dict, p: Tensor) -> None:
         if self.base.fused:
@@ -119,6 +120,7 @@ class _ListEngine:
 
     def perturb(self, source: str, scale: Tensor, adaptive: bool, skip: Tensor | None) -> None:
         src = self._grads() if source == "grad" else self._directions()
+        self.perturbed = True
         if self.foreach:
             torch._foreach_copy_(self.backup, self.params)
             if _is_skipped(skip):
@@ -141,6 +143,7 @@ class _ListEngine:
             d.copy_(torch.where(skip, old, d))
 
     def restore(self) -> None:
+        self.perturbed = False
         if self.foreach:
             torch._foreach_copy_(self.params, self.backup)
         else:
@@ -222,6 +225,7 @@ class FusedEngine:
         self.base = optimizer.base_spec
         self.flat = FlatParams(optimizer.param_groups)
         self.params = self.flat.params
+        self.perturbed = False  # between perturb() and the restore
         self.track_direction = track_direction
         self.keys = _base_state_keys(self.base.name) if self.base.fused else ()
         if track_direction:
@@ -303,6 +307,7 @@ class FusedEngine:
     # -- perturb / restore / direction -------------------------------------------------------
     def perturb(self, source: str, scale: Tensor, adaptive: bool, skip: Tensor | None) -> None:
         per_tensor = scale.dim() > 0
+        self.perturbed = True
         for b, bufs, backup, s in zip(self.flat.buckets, self.buffers, self.backups, self._split(scale)):
             src = b.grad if source == "grad" else bufs["direction"]
             ops.perturb_(b.data, backup, src, s, b.offsets if per_tensor else None, adaptive, skip)
@@ -316,6 +321,7 @@ class FusedEngine:
             bufs["direction"].copy_(torch.where(skip, old, bufs["direction"]))
 
     def restore(self) -> None:
+        self.perturbed = False
         for b, backup in zip(self.flat.buckets, self.backups):
             ops.restore_(b.data, backup)
 
@@ -336,6 +342,7 @@ class FusedEngine:
             if not _is_skipped(skip):
                 self.opt.base_optimizer.step()
             return direction_sq
+        self.perturbed = self.perturbed and not restore  # the restore is part of the update pass
         direction_sq, invs, per_tensor = None, [None] * len(self.flat.buckets), False
         if fold is not None:
             direction_sq = torch.zeros((), dtype=torch.float64, device=self.flat.buckets[0].data.device)

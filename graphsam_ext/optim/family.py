@@ -25,25 +25,62 @@ class SAMFamily(torch.optim.Optimizer):
     def __init__(self, params, base_optimizer, implementation, extra_defaults: dict, base_kwargs: dict):
         self.base_spec: BaseSpec = parse_base(base_optimizer)
         defaults = base_defaults(self.base_spec, base_kwargs) if self.base_spec.fused else {}
-        super().__init__(params, {**defaults, **extra_defaults})
-        for group in self.param_groups:
-            validate_group(self.base_spec, group)
-            for p in group["params"]:
-                if not p.is_floating_point() or p.is_complex():
-                    raise TypeError(f"params: only real floating-point parameters are supported, got {p.dtype}")
-                if p.is_sparse:
-                    raise ValueError("params: sparse parameters are not supported")
         self.base_optimizer = None
+        super().__init__(params, {**defaults, **extra_defaults})
         if not self.base_spec.fused:
             self.base_optimizer = self.base_spec.cls(self.param_groups, **base_kwargs)
-            # share the groups so LR schedulers attached to this optimizer drive the base one
+            # share the groups so LR schedulers attached to this optimizer drive the base one; the
+            # state stays apart (a base that sets its state up when it finds it empty, as most of
+            # torch's do, must not find GraphSAM's direction there)
             self.param_groups = self.base_optimizer.param_groups
-            self.state = self.base_optimizer.state
         self.implementation = self._choose_implementation(implementation)
         self.engine = ENGINES[self.implementation](self, self._track_direction)
         self.closure_calls = 0
         self._skipped = None
         self._warned_skip = False
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group, also after construction (e.g. when unfreezing layers).
+
+        Its parameters start with fresh state (zero moments, zero GraphSAM direction, step 0);
+        every other parameter keeps its state. The engine is rebuilt, so the fused buffers are laid
+        out anew: allowed between steps, not between ``first_step()`` and ``second_step()``.
+        """
+        engine = getattr(self, "engine", None)
+        if engine is not None and engine.perturbed:
+            raise RuntimeError("add_param_group: the parameters are perturbed (first_step() ran without "
+                               "second_step()); add the group after second_step()")
+        if self.base_optimizer is not None:
+            # the groups list is shared: the base optimizer appends the group with its own defaults
+            self.base_optimizer.add_param_group(param_group)
+            for key, value in self.defaults.items():
+                self.param_groups[-1].setdefault(key, value)
+        else:
+            super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+            if engine is not None:
+                self._rebuild_engine()
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict) -> None:
+        validate_group(self.base_spec, group)
+        for p in group["params"]:
+            if not p.is_floating_point() or p.is_complex():
+                raise TypeError(f"params: only real floating-point parameters are supported, got {p.dtype}")
+            if p.is_sparse:
+                raise ValueError("params: sparse parameters are not supported")
+
+    def _rebuild_engine(self) -> None:
+        """A new engine over the current groups, with the state of the parameters it already had."""
+        saved = {p: dict(st) for p, st in self.state.items()}  # keeps the old buffers alive
+        engine = ENGINES[self.implementation](self, self._track_direction)
+        for p, st in saved.items():
+            self.state[p].update(st)
+        engine.adopt_loaded_state()
+        self.engine = engine
 
     def _choose_implementation(self, implementation) -> str:
         device = self.param_groups[0]["params"][0].device
@@ -120,15 +157,20 @@ class SAMFamily(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["sam_family"] = self._extra_state()
+        if self.base_optimizer is not None:
+            sd["sam_family"]["base_optimizer"] = self.base_optimizer.state_dict()
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "sam_family" not in state_dict:
             raise ValueError(f"state_dict: not a {type(self).__name__} state dict (no 'sam_family' entry)")
         extra = state_dict["sam_family"]
+        if self.base_optimizer is not None and "base_optimizer" not in extra:
+            raise ValueError(f"state_dict: no state of the base optimizer {type(self.base_optimizer).__name__} "
+                             "(saved from an optimizer with a fused base, 'adam' / 'adamw' / 'sgd'?)")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "sam_family"})
         if self.base_optimizer is not None:
-            self.base_optimizer.state = self.state
+            self.base_optimizer.load_state_dict(extra["base_optimizer"])
             self.base_optimizer.param_groups = self.param_groups
         self._load_extra_state(extra)
         self.engine.adopt_loaded_state()
