@@ -340,6 +340,71 @@ def test_add_param_group_checks(impl):
     assert all(not torch.equal(a.detach(), b) for a, b in zip(after, before))
 
 
+FROZEN = (1, 4)  # indices of the parameters frozen at first
+
+
+def run_freezing(make_opt, unfreeze_at=4, steps=9):
+    """Parameters FROZEN have requires_grad=False until step ``unfreeze_at``."""
+    params = make_params(TOTAL)
+    targets = make_targets(params)
+    opt = make_opt(param_groups(params, 2))
+    for batch in range(steps):
+        for i in FROZEN:
+            params[i].requires_grad_(batch >= unfreeze_at)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(params, targets, batch)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return params
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", [SAM, GraphSAM])
+@pytest.mark.parametrize("base,torch_cls,kw", [
+    ("adamw", torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.5)),
+    ("sgd", torch.optim.SGD, dict(lr=1e-2, momentum=0.9, weight_decay=0.1)),
+    (torch.optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-2, weight_decay=0.1)),
+])
+def test_frozen_parameters_are_left_alone(impl, cls, base, torch_cls, kw):
+    """Like torch's optimizers, ours skip parameters that do not require grad (no weight decay,
+    no momentum) and take them up with fresh state once they are unfrozen."""
+    want = run_freezing(lambda groups: torch_cls(groups, **kw))
+    extra = dict(steps_per_epoch=3) if cls is GraphSAM else {}
+    got = run_freezing(lambda groups: cls(groups, base_optimizer=base, rho=0.0, implementation=impl, **extra, **kw))
+    assert_params(got, want, exact=impl != "fused")
+    start = make_params(TOTAL)
+    frozen_only = run_freezing(lambda groups: cls(groups, base_optimizer=base, rho=0.1, implementation=impl,
+                                                  **extra, **kw), unfreeze_at=99)
+    for i in FROZEN:
+        assert torch.equal(frozen_only[i].detach(), start[i])
+
+
+@pytest.mark.parametrize("cls", [SAM, GraphSAM])
+def test_freezing_parity(cls):
+    runs = {impl: run_freezing(lambda groups: cls(groups, rho=0.1, lr=1e-2, weight_decay=0.1, implementation=impl))
+            for impl in IMPLS}
+    for impl in ("foreach", "fused"):
+        assert_params(runs[impl], runs["reference"], exact=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_parameters_frozen(impl):
+    params = make_params(TOTAL)
+    targets = make_targets(params)
+    start = [p.detach().clone() for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    opt = GraphSAM(param_groups(params, 2), rho=0.1, implementation=impl)
+    loss = opt.step(lambda: loss_fn(params, targets, 0))
+    assert torch.isfinite(loss) and opt.closure_calls == 1
+    assert all(torch.equal(p.detach(), s) for p, s in zip(params, start))
+    with pytest.raises(RuntimeError, match="requires grad"):
+        opt.first_step()
+
+
 def test_closure_calls_per_epoch():
     steps_per_epoch = 5
     _, g, _ = run(lambda groups: GraphSAM(groups, steps_per_epoch=steps_per_epoch), 3, steps=2 * steps_per_epoch)

@@ -13,6 +13,8 @@ are float64 tensors in the engine's own tensor order (``engine.params``).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.optim.adam as torch_adam
 import torch.optim.sgd as torch_sgd
@@ -26,6 +28,24 @@ from graphsam_ext.optim.flat import FlatParams
 def _is_skipped(skip: Tensor | None) -> bool:
     """Host check of the skip flag (the per-tensor engines only; the fused kernels read it on device)."""
     return skip is not None and bool(skip)
+
+
+class UpdateRange(NamedTuple):
+    """Elements [start, end) of a flat bucket, tensors [first, end_tensor) of it, in one param group
+    with one step count; offsets: the tensors' boundaries, relative to start."""
+
+    group: int
+    start: int
+    end: int
+    step: Tensor
+    first: int
+    end_tensor: int
+    offsets: Tensor
+
+
+def trainable_groups(param_groups: list) -> list:
+    """The parameters of each group that require grad: the ones an engine optimizes."""
+    return [[p for p in group["params"] if p.requires_grad] for group in param_groups]
 
 
 def _base_state_keys(base_name: str) -> tuple:
@@ -44,7 +64,8 @@ class _ListEngine:
     def __init__(self, optimizer, track_direction: bool):
         self.opt = optimizer
         self.base = optimizer.base_spec
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.group_params = trainable_groups(optimizer.param_groups)
+        self.params = [p for ps in self.group_params for p in ps]
         self.track_direction = track_direction
         for p in self.params:
             self._init_state(optimizer.state[p], p)
@@ -68,6 +89,12 @@ class _ListEngine:
             self._init_state(st, p)
 
     # -- gradients -------------------------------------------------------------------------
+    def release(self, params: list) -> None:
+        """Parameters this engine no longer optimizes (frozen) drop their gradient, as torch's
+        ``zero_grad()`` would, so that no base optimizer updates them with it."""
+        for p in params:
+            p.grad = None
+
     def prepare(self) -> None:
         for p in self.params:
             if p.grad is None:
@@ -185,8 +212,7 @@ class _ListEngine:
         if not self.base.fused:
             self.opt.base_optimizer.step()
             return
-        for group in self.opt.param_groups:
-            params = [p for p in group["params"]]
+        for group, params in zip(self.opt.param_groups, self.group_params):
             if not params:
                 continue
             grads = [p.grad for p in params]
@@ -223,7 +249,7 @@ class FusedEngine:
     def __init__(self, optimizer, track_direction: bool):
         self.opt = optimizer
         self.base = optimizer.base_spec
-        self.flat = FlatParams(optimizer.param_groups)
+        self.flat = FlatParams([{"params": ps} for ps in trainable_groups(optimizer.param_groups)])
         self.params = self.flat.params
         self.perturbed = False  # between perturb() and the restore
         self.track_direction = track_direction
@@ -232,37 +258,44 @@ class FusedEngine:
             self.keys = self.keys + ("direction",)
         self.buffers = [{key: b.new_buffer() for key in self.keys} for b in self.flat.buckets]
         self.backups = [b.new_buffer() for b in self.flat.buckets]
-        # one step counter per (bucket, param group): the kernels read it on the device
-        self.steps = [[torch.zeros((), dtype=torch.float32, device=b.data.device) for _ in b.group_ranges]
-                      for b in self.flat.buckets]
-        self.group_segments = [self._group_segments(b, optimizer.param_groups) for b in self.flat.buckets]
+        self._set_ranges(lambda p: 0.0)
         self._point_state()
 
-    @staticmethod
-    def _group_segments(bucket, param_groups: list) -> list:
-        """For each group range of a bucket: its tensors [i0, i1) and their boundaries inside the range."""
-        group_of = {id(p): gi for gi, g in enumerate(param_groups) for p in g["params"]}
-        out = []
-        for gi, a, c in bucket.group_ranges:
-            idx = [k for k, p in enumerate(bucket.params) if group_of[id(p)] == gi]
-            local = [bucket.bounds[k][0] - a for k in idx] + [c - a]
-            out.append((idx[0], idx[-1] + 1, torch.tensor(local, dtype=torch.int64, device=bucket.data.device)))
-        return out
+    def _set_ranges(self, step_of) -> None:
+        """The ranges the base-update kernels run over: per bucket, runs of consecutive tensors of
+        one param group with one step count (``step_of(p)``), each with its step counter on the
+        device. Tensors of a group differ in step count when some were frozen, added or loaded
+        later; torch counts steps per tensor."""
+        group_of = {id(p): gi for gi, g in enumerate(self.opt.param_groups) for p in g["params"]}
+        self.ranges = []
+        for b in self.flat.buckets:
+            runs = []  # [group, step, first tensor, end tensor]
+            for k, p in enumerate(b.params):
+                key = [group_of[id(p)], step_of(p)]
+                if runs and runs[-1][:2] == key:
+                    runs[-1][3] = k + 1
+                else:
+                    runs.append(key + [k, k + 1])
+            device = b.data.device
+            self.ranges.append([UpdateRange(
+                gi, b.bounds[k0][0], b.bounds[k1 - 1][1], torch.tensor(step, dtype=torch.float32, device=device),
+                k0, k1, torch.tensor([b.bounds[k][0] - b.bounds[k0][0] for k in range(k0, k1)]
+                                     + [b.bounds[k1 - 1][1] - b.bounds[k0][0]], dtype=torch.int64, device=device))
+                for gi, step, k0, k1 in runs])
 
     def _point_state(self) -> None:
-        for bucket, bufs, steps in zip(self.flat.buckets, self.buffers, self.steps):
+        for bucket, bufs, ranges in zip(self.flat.buckets, self.buffers, self.ranges):
             for key, buf in bufs.items():
                 for p, view in zip(bucket.params, bucket.views(buf)):
                     self.opt.state[p][key] = view
             if self.base.fused:
-                for (gi, a, c), step in zip(bucket.group_ranges, steps):
-                    for p, (pa, _) in zip(bucket.params, bucket.bounds):
-                        if a <= pa < c:
-                            self.opt.state[p]["step"] = step
+                for r in ranges:
+                    for p in bucket.params[r.first:r.end_tensor]:
+                        self.opt.state[p]["step"] = r.step
 
     def adopt_loaded_state(self) -> None:
         """After load_state_dict: copy loaded per-parameter state into the flat buffers."""
-        for bucket, bufs, steps in zip(self.flat.buckets, self.buffers, self.steps):
+        for bucket, bufs in zip(self.flat.buckets, self.buffers):
             for key, buf in bufs.items():
                 for p, view in zip(bucket.params, bucket.views(buf)):
                     value = self.opt.state[p].get(key)
@@ -270,13 +303,18 @@ class FusedEngine:
                         view.zero_()
                     else:
                         view.copy_(value)
-            if self.base.fused:
-                for (gi, a, c), step in zip(bucket.group_ranges, steps):
-                    first = next(p for p, (pa, _) in zip(bucket.params, bucket.bounds) if pa == a)
-                    step.copy_(self.opt.state[first].get("step", torch.tensor(0.0)))
+        if self.base.fused:
+            self._set_ranges(lambda p: float(self.opt.state[p].get("step", 0.0)))
         self._point_state()
 
     # -- gradients -------------------------------------------------------------------------
+    def release(self, params: list) -> None:
+        """As ``_ListEngine.release``; the parameters also get storage of their own, so they no
+        longer keep this engine's flat buffers alive."""
+        for p in params:
+            p.data = p.data.clone()
+            p.grad = None
+
     def prepare(self) -> None:
         self.flat.sync()
 
@@ -347,9 +385,8 @@ class FusedEngine:
         if fold is not None:
             direction_sq = torch.zeros((), dtype=torch.float64, device=self.flat.buckets[0].data.device)
             invs, per_tensor = self._split(fold[0]), fold[0].dim() > 0
-        for b, bufs, backup, steps, segments, inv in zip(self.flat.buckets, self.buffers, self.backups, self.steps,
-                                                          self.group_segments, invs):
-            for (gi, a, c), step, (i0, i1, offsets) in zip(b.group_ranges, steps, segments):
+        for b, bufs, backup, ranges, inv in zip(self.flat.buckets, self.buffers, self.backups, self.ranges, invs):
+            for gi, a, c, step, i0, i1, offsets in ranges:
                 group = self.opt.param_groups[gi]
                 step.add_(1.0 if skip is None else skip.logical_not().to(step.dtype))
                 source = backup[a:c] if restore else None

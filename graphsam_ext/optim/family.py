@@ -35,6 +35,7 @@ class SAMFamily(torch.optim.Optimizer):
             self.param_groups = self.base_optimizer.param_groups
         self.implementation = self._choose_implementation(implementation)
         self.engine = ENGINES[self.implementation](self, self._track_direction)
+        self._engine_trainable = self._trainable()
         self.closure_calls = 0
         self._skipped = None
         self._warned_skip = False
@@ -80,7 +81,26 @@ class SAMFamily(torch.optim.Optimizer):
         for p, st in saved.items():
             self.state[p].update(st)
         engine.adopt_loaded_state()
+        kept = {id(p) for p in engine.params}
+        self.engine.release([p for p in self.engine.params if id(p) not in kept])
         self.engine = engine
+        self._engine_trainable = self._trainable()
+
+    def _trainable(self) -> tuple:
+        return tuple(p.requires_grad for group in self.param_groups for p in group["params"])
+
+    def _sync_engine(self) -> bool:
+        """At the start of a step: engines hold only parameters that require grad (as torch's
+        optimizers skip the others, weight decay included), so freezing or unfreezing one since
+        the engine was built rebuilds it, keeping every parameter's state. Returns whether any
+        parameter requires grad."""
+        if self._trainable() != self._engine_trainable:
+            self._rebuild_engine()
+        return bool(self.engine.params)
+
+    def _require_trainable(self, phase: str) -> None:
+        if not self._sync_engine():
+            raise RuntimeError(f"{phase}: no parameter of this optimizer requires grad")
 
     def _choose_implementation(self, implementation) -> str:
         device = self.param_groups[0]["params"][0].device
@@ -110,8 +130,14 @@ class SAMFamily(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Run a full step; the closure is evaluated here (see the class docstring for how often)."""
+        """Run a full step; the closure is evaluated here (see the class docstring for how often).
+
+        With every parameter frozen (none requires grad) the closure runs once and nothing is
+        updated, as torch's optimizers leave such parameters alone.
+        """
         self._require_closure(closure)
+        if not self._sync_engine():
+            return self._evaluate(closure)
         return self._step(closure)
 
     def _step(self, closure):

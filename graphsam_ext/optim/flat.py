@@ -5,7 +5,7 @@ weights is always a copy into the buffer; ``p.data`` is never replaced by anothe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,7 +19,6 @@ class FlatBucket:
 
     data, grad: (numel,) buffers; p.data / p.grad are views into them.
     offsets: (num_tensors + 1,) int64 on the device, tensor boundaries in the buffer.
-    group_ranges: (group index, start, end) for each param group present, contiguous ranges.
     """
 
     params: list
@@ -27,7 +26,6 @@ class FlatBucket:
     data: Tensor
     grad: Tensor
     offsets: Tensor
-    group_ranges: list = field(default_factory=list)
 
     @property
     def numel(self) -> int:
@@ -79,32 +77,28 @@ class FlatParams:
                 f"params: the fused implementation needs every parameter on one device, got {sorted(map(str, devices))}; "
                 "use one optimizer per device or implementation='foreach'")
         order: dict = {}
-        for gi, group in enumerate(param_groups):
+        for group in param_groups:
             for p in group["params"]:
-                order.setdefault(p.dtype, []).append((gi, p))
+                order.setdefault(p.dtype, []).append(p)
         self.buckets: list[FlatBucket] = []
         for dtype, entries in order.items():
-            total = sum(p.numel() for _, p in entries)
-            device = entries[0][1].device
+            total = sum(p.numel() for p in entries)
+            device = entries[0].device
             data = torch.empty(total, dtype=dtype, device=device)
             grad = torch.zeros(total, dtype=dtype, device=device)
-            params, bounds, ranges, start = [], [], [], 0
-            for gi, p in entries:
+            params, bounds, start = [], [], 0
+            for p in entries:
                 end = start + p.numel()
                 data[start:end].copy_(p.data.reshape(-1))
                 if p.grad is not None:
                     grad[start:end].copy_(p.grad.reshape(-1))
                 p.data = data[start:end].view_as(p)
                 p.grad = grad[start:end].view_as(p)
-                if ranges and ranges[-1][0] == gi:
-                    ranges[-1] = (gi, ranges[-1][1], end)
-                else:
-                    ranges.append((gi, start, end))
                 params.append(p)
                 bounds.append((start, end))
                 start = end
             offsets = torch.tensor([0] + [b for _, b in bounds], dtype=torch.int64, device=device)
-            self.buckets.append(FlatBucket(params, bounds, data, grad, offsets, ranges))
+            self.buckets.append(FlatBucket(params, bounds, data, grad, offsets))
 
     @property
     def params(self) -> list:

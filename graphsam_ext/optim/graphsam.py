@@ -122,6 +122,7 @@ class GraphSAM(SAMFamily):
     @torch.no_grad()
     def exact_gradient_step(self) -> None:
         """d <- g / ||g|| from the gradient at theta (the reference mode keeps the raw g)."""
+        self._require_trainable("exact_gradient_step")
         self.engine.prepare()
         sq = self.engine.grad_sq()
         skip = self._nonfinite(sq)
@@ -141,6 +142,8 @@ class GraphSAM(SAMFamily):
     @torch.no_grad()
     def first_step(self) -> None:
         """Perturb theta by rho * d / ||d|| (or its adaptive / radius-clipped variant)."""
+        if self._saved_direction is None:  # else exact_gradient_step() has just checked
+            self._require_trainable("first_step")
         skip = self._pending_skip
         if self._direction_sq is None:
             raise RuntimeError("first_step: no direction yet; compute a gradient and call exact_gradient_step()")

@@ -45,6 +45,7 @@ class SAM(SAMFamily):
     @torch.no_grad()
     def first_step(self) -> None:
         """Perturb theta along the current gradients (the user has just run backward)."""
+        self._require_trainable("first_step")
         self.engine.prepare()
         sq = self.engine.grad_sq(weight_power=1 if self.adaptive else 0)
         skip = self._nonfinite(sq)
