@@ -405,6 +405,21 @@ def test_all_parameters_frozen(impl):
         opt.first_step()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_parameters(dtype):
+    """The fused kernels take float32 / float64: asked for, it says so; by default the foreach
+    engine takes such parameters."""
+    params = [torch.nn.Parameter(p.detach().to(dtype)) for p in make_params(TOTAL)]
+    with pytest.raises(ValueError, match="float32 and float64 parameters.*implementation='foreach'"):
+        GraphSAM(params, implementation="fused")
+    opt = GraphSAM(params, lr=1e-2)
+    assert opt.implementation == "foreach"
+    start = [p.detach().clone() for p in params]
+    targets = make_targets(params)
+    opt.step(lambda: loss_fn(params, targets, 0).float().backward())
+    assert all(p.dtype == dtype and not torch.equal(p.detach(), s) for p, s in zip(params, start))
+
+
 def test_closure_calls_per_epoch():
     steps_per_epoch = 5
     _, g, _ = run(lambda groups: GraphSAM(groups, steps_per_epoch=steps_per_epoch), 3, steps=2 * steps_per_epoch)

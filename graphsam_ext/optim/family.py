@@ -9,6 +9,7 @@ from torch import Tensor
 from graphsam_ext import _backend
 from graphsam_ext.optim.base import BaseSpec, base_defaults, parse_base, validate_group
 from graphsam_ext.optim.engines import ENGINES
+from graphsam_ext.optim.flat import FLAT_DTYPES
 
 IMPLEMENTATIONS = tuple(ENGINES)
 
@@ -105,7 +106,8 @@ class SAMFamily(torch.optim.Optimizer):
     def _choose_implementation(self, implementation) -> str:
         device = self.param_groups[0]["params"][0].device
         if implementation is None:
-            return "fused" if _backend.use_native(device) else "foreach"
+            flat = all(p.dtype in FLAT_DTYPES for g in self.param_groups for p in g["params"])
+            return "fused" if flat and _backend.use_native(device) else "foreach"
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
         return implementation

@@ -13,6 +13,9 @@ from torch import Tensor
 from graphsam_ext import ops
 
 
+FLAT_DTYPES = (torch.float32, torch.float64)  # what the native kernels take
+
+
 @dataclass
 class FlatBucket:
     """All parameters of one (device, dtype), laid out group by group.
@@ -76,6 +79,11 @@ class FlatParams:
             raise ValueError(
                 f"params: the fused implementation needs every parameter on one device, got {sorted(map(str, devices))}; "
                 "use one optimizer per device or implementation='foreach'")
+        dtypes = {p.dtype for g in param_groups for p in g["params"]} - set(FLAT_DTYPES)
+        if dtypes:
+            raise ValueError(
+                f"params: the fused implementation takes float32 and float64 parameters, got {sorted(map(str, dtypes))}; "
+                "use implementation='foreach', or keep float32 parameters and autocast the forward pass")
         order: dict = {}
         for group in param_groups:
             for p in group["params"]:

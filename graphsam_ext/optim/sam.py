@@ -19,7 +19,8 @@ class SAM(SAMFamily):
         rho: neighbourhood size (>= 0). With rho = 0 a step is exactly the base optimizer's.
         adaptive: ASAM's scale-invariant neighbourhood.
         sam_every: do the SAM step every k-th step and a plain base step otherwise (SAM-k).
-        implementation: "fused" (default where the native library exists), "foreach", "reference".
+        implementation: "fused" (default where the native library exists and the parameters are
+            float32 / float64), "foreach", "reference".
         **base_kwargs: the base optimizer's hyper-parameters (lr, betas, weight_decay, ...).
 
     ``step(closure)`` zeroes the gradients, evaluates ``closure()`` (forward + backward, returns
