@@ -468,6 +468,11 @@ def test_generic_base_optimizer(impl, cls, base_cls):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(rho=-0.1), "rho"),
+    (dict(rho=math.nan), "rho"),
+    (dict(rho=math.inf), "rho"),
+    (dict(weight_decay=math.nan), "weight_decay"),
+    (dict(base_optimizer="sgd", momentum=math.nan), "momentum"),
+    (dict(base_optimizer="sgd", dampening=-0.5), "dampening"),
     (dict(beta=1.0), "beta"),
     (dict(gamma=0.0), "gamma"),
     (dict(lam=0), "lam"),

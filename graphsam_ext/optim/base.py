@@ -6,6 +6,7 @@ own ``step``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,22 +59,21 @@ def base_defaults(spec: BaseSpec, kwargs: dict) -> dict:
     return defaults
 
 
+def check_nonnegative(name: str, value) -> float:
+    """A finite real number >= 0 (NaN and infinity refused: they would only make every step a skip)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def validate_group(spec: BaseSpec, group: dict) -> None:
     if not spec.fused:
         return
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor) or not lr >= 0.0:
-        raise ValueError(f"lr: expected a float >= 0, got {lr!r}")
-    if group["weight_decay"] < 0.0:
-        raise ValueError(f"weight_decay: expected >= 0, got {group['weight_decay']}")
+    for key in ("lr", "weight_decay") + (("eps",) if spec.name in ("adam", "adamw") else ("momentum", "dampening")):
+        check_nonnegative(key, group[key])
     if spec.name in ("adam", "adamw"):
         b1, b2 = group["betas"]
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas: each must be in [0, 1), got {group['betas']}")
-        if not group["eps"] >= 0.0:
-            raise ValueError(f"eps: expected >= 0, got {group['eps']}")
-    else:
-        if group["momentum"] < 0.0:
-            raise ValueError(f"momentum: expected >= 0, got {group['momentum']}")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
+    elif group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError("nesterov: needs momentum > 0 and dampening = 0")

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from graphsam_ext.optim.base import check_nonnegative
 from graphsam_ext.optim.family import SAMFamily
 
 MODES = ("paper", "reference")
@@ -59,8 +60,7 @@ class GraphSAM(SAMFamily):
                  lam: int = 1, steps_per_epoch: int | None = None, mode: str = "paper",
                  normalization: str | None = None, adaptive: bool | None = None, radius: float | None = None,
                  rho_schedule: str | None = None, implementation: str | None = None, **base_kwargs):
-        if not isinstance(rho, (int, float)) or rho < 0:
-            raise ValueError(f"rho: expected a number >= 0, got {rho!r}")
+        check_nonnegative("rho", rho)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta: expected a value in [0, 1), got {beta!r}")
         if not 0.0 < gamma <= 1.0:

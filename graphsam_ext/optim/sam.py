@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from graphsam_ext.optim.base import check_nonnegative
 from graphsam_ext.optim.family import SAMFamily
 
 
@@ -31,8 +32,7 @@ class SAM(SAMFamily):
 
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, adaptive: bool = False,
                  sam_every: int = 1, implementation: str | None = None, **base_kwargs):
-        if not isinstance(rho, (int, float)) or rho < 0:
-            raise ValueError(f"rho: expected a number >= 0, got {rho!r}")
+        check_nonnegative("rho", rho)
         if not isinstance(sam_every, int) or sam_every < 1:
             raise ValueError(f"sam_every: expected an integer >= 1, got {sam_every!r}")
         super().__init__(params, base_optimizer, implementation, {}, base_kwargs)
