@@ -14,11 +14,15 @@ IMPLS = ["reference", "foreach", "fused"]
 TOTAL = 4097
 
 
-def torch_run(opt_cls, total=TOTAL, steps=10, device="cpu", dtype=torch.float32, **kw):
-    params = make_params(total, dtype, device)
+def run_changing(make_opt, first_groups, before_step, steps=10):
+    """Closure steps (the closure zeroes the gradients, as torch's optimizers need) with
+    ``before_step(batch, params, opt)`` changing the setup between steps."""
+    params = make_params(TOTAL)
     targets = make_targets(params)
-    opt = opt_cls(param_groups(params, 2), **kw)
+    opt = make_opt(first_groups(params))
     for batch in range(steps):
+        before_step(batch, params, opt)
+
         def closure():
             opt.zero_grad()
             loss = loss_fn(params, targets, batch)
@@ -26,6 +30,12 @@ def torch_run(opt_cls, total=TOTAL, steps=10, device="cpu", dtype=torch.float32,
             return loss
         opt.step(closure)
     return params
+
+
+def torch_run(opt_cls, **kw):
+    """Ten steps of a torch optimizer on the test problem, two param groups."""
+    return run_changing(lambda groups: opt_cls(groups, **kw), lambda params: param_groups(params, 2),
+                        lambda *_: None)
 
 
 def assert_params(a, b, exact):
@@ -269,23 +279,12 @@ def test_two_phase_api_equals_closure_api():
         assert torch.equal(x.detach(), y.detach())
 
 
-def run_with_late_group(make_opt, steps_before=4, steps_after=6):
-    """Start with the first param group, add the second with ``add_param_group`` after a few steps."""
-    params = make_params(TOTAL)
-    targets = make_targets(params)
-    first, second = param_groups(params, 2)
-    opt = make_opt([first])
-    for batch in range(steps_before + steps_after):
-        if batch == steps_before:
-            opt.add_param_group(second)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(params, targets, batch)
-            loss.backward()
-            return loss
-        opt.step(closure)
-    return params
+def run_with_late_group(make_opt, add_at=4):
+    """Start with the first param group, add the second with ``add_param_group`` at step ``add_at``."""
+    def add(batch, params, opt):
+        if batch == add_at:
+            opt.add_param_group(param_groups(params, 2)[1])
+    return run_changing(make_opt, lambda params: param_groups(params, 2)[:1], add)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -303,15 +302,6 @@ def test_add_param_group_later_is_the_base_optimizer(impl, cls, base, torch_cls,
     got = run_with_late_group(
         lambda groups: cls(groups, base_optimizer=base, rho=0.0, implementation=impl, **extra, **kw))
     assert_params(got, want, exact=impl != "fused")
-
-
-@pytest.mark.parametrize("cls", [SAM, GraphSAM])
-def test_add_param_group_later_parity(cls):
-    """With rho > 0, the fused engine rebuilt by add_param_group keeps agreeing with the reference."""
-    runs = {impl: run_with_late_group(lambda groups: cls(groups, rho=0.1, lr=1e-2, implementation=impl))
-            for impl in IMPLS}
-    for impl in ("foreach", "fused"):
-        assert_params(runs[impl], runs["reference"], exact=False)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -345,20 +335,10 @@ FROZEN = (1, 4)  # indices of the parameters frozen at first
 
 def run_freezing(make_opt, unfreeze_at=4, steps=9):
     """Parameters FROZEN have requires_grad=False until step ``unfreeze_at``."""
-    params = make_params(TOTAL)
-    targets = make_targets(params)
-    opt = make_opt(param_groups(params, 2))
-    for batch in range(steps):
+    def freeze(batch, params, opt):
         for i in FROZEN:
             params[i].requires_grad_(batch >= unfreeze_at)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(params, targets, batch)
-            loss.backward()
-            return loss
-        opt.step(closure)
-    return params
+    return run_changing(make_opt, lambda params: param_groups(params, 2), freeze, steps)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -382,9 +362,12 @@ def test_frozen_parameters_are_left_alone(impl, cls, base, torch_cls, kw):
         assert torch.equal(frozen_only[i].detach(), start[i])
 
 
+@pytest.mark.parametrize("runner", [run_with_late_group, run_freezing], ids=["add_param_group", "freezing"])
 @pytest.mark.parametrize("cls", [SAM, GraphSAM])
-def test_freezing_parity(cls):
-    runs = {impl: run_freezing(lambda groups: cls(groups, rho=0.1, lr=1e-2, weight_decay=0.1, implementation=impl))
+def test_rebuilt_engines_parity(runner, cls):
+    """With rho > 0, engines rebuilt for a late group or a frozen / unfrozen parameter (the fused
+    one with new flat buffers and per-run step counts) keep agreeing with the reference."""
+    runs = {impl: runner(lambda groups: cls(groups, rho=0.1, lr=1e-2, weight_decay=0.1, implementation=impl))
             for impl in IMPLS}
     for impl in ("foreach", "fused"):
         assert_params(runs[impl], runs["reference"], exact=False)
