@@ -374,6 +374,25 @@ def test_rebuilt_engines_parity(runner, cls):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_graphsam_perturbation_after_freezing(impl):
+    """Freezing a parameter that has a direction renormalizes the rest: the next perturbation of
+    the trainable parameters has norm rho."""
+    params = make_params(TOTAL)
+    targets = make_targets(params)
+    opt = GraphSAM(param_groups(params, 2), rho=0.1, lr=0.0, implementation=impl)
+    for batch in range(3):
+        opt.step(lambda: loss_fn(params, targets, batch).backward())
+    params[0].requires_grad_(False)
+    before = [p.detach().clone() for p in params]
+    opt.first_step()
+    moved = torch.stack([(p.detach().double() - b.double()).norm() for p, b in zip(params, before)])
+    assert moved[0] == 0
+    torch.testing.assert_close(moved.norm().item(), 0.1, rtol=1e-4, atol=0)
+    loss_fn(params, targets, 3).backward()
+    opt.second_step()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_all_parameters_frozen(impl):
     params = make_params(TOTAL)
     targets = make_targets(params)

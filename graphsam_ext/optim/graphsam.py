@@ -98,6 +98,11 @@ class GraphSAM(SAMFamily):
         self._pending_skip = None
         self._saved_direction = None
 
+    def _rebuild_engine(self) -> None:
+        super()._rebuild_engine()
+        if self._direction_sq is not None:  # the direction now spans other parameters
+            self._direction_sq = self.engine.direction_sq()
+
     # -- epochs ------------------------------------------------------------------------------
     def start_epoch(self) -> None:
         """Mark the start of an epoch: the next step takes an exact gradient; rho follows its schedule."""
