@@ -94,7 +94,7 @@ class FlatParams:
             device = entries[0].device
             data = torch.empty(total, dtype=dtype, device=device)
             grad = torch.zeros(total, dtype=dtype, device=device)
-            params, bounds, start = [], [], 0
+            bounds, start = [], 0
             for p in entries:
                 end = start + p.numel()
                 data[start:end].copy_(p.data.reshape(-1))
@@ -102,11 +102,10 @@ class FlatParams:
                     grad[start:end].copy_(p.grad.reshape(-1))
                 p.data = data[start:end].view_as(p)
                 p.grad = grad[start:end].view_as(p)
-                params.append(p)
                 bounds.append((start, end))
                 start = end
             offsets = torch.tensor([0] + [b for _, b in bounds], dtype=torch.int64, device=device)
-            self.buckets.append(FlatBucket(params, bounds, data, grad, offsets))
+            self.buckets.append(FlatBucket(entries, bounds, data, grad, offsets))
 
     @property
     def params(self) -> list:
