@@ -149,7 +149,14 @@ class SAMFamily(torch.optim.Optimizer):
         """Zero the gradients in place (they are views into flat buffers in the fused path)."""
         self.engine.zero_grad()
 
-    # -- non-finite steps ----------------------------------------------------------------------
+    # -- zero and non-finite norms -----------------------------------------------------------------
+    @staticmethod
+    def _inv_norm(sq: Tensor, numerator: float = 1.0, eps: float = 0.0) -> Tensor:
+        """numerator / (sqrt(sq) + eps), and 0 where sq is 0: a zero vector contributes nothing and
+        perturbs nothing (never 0 * inf = NaN). Element-wise on the device, no host read; a
+        non-finite sq gives 0 here and skips the step through ``_nonfinite``."""
+        return torch.where(sq > 0, numerator / (sq.sqrt() + eps), torch.zeros_like(sq))
+
     @staticmethod
     def _nonfinite(sq: Tensor) -> Tensor:
         return ~torch.isfinite(sq.sum() if sq.dim() else sq)

@@ -136,12 +136,12 @@ class GraphSAM(SAMFamily):
         if self.raw_start:
             inv = torch.ones((), dtype=torch.float64, device=sq.device)
         else:
-            inv = 1.0 / sq.sqrt()
+            inv = self._inv_norm(sq)
         self._direction_sq = self.engine.direction_update(inv, self.beta, True, skip)
         self._exact_scale = None
         if self.adaptive:
             # the released code scales by rho / || |theta| g || of the gradient in hand
-            self._exact_scale = self.rho / (self.engine.grad_sq(weight_power=1).sqrt() + 1e-12)
+            self._exact_scale = self._inv_norm(self.engine.grad_sq(weight_power=1), self.rho, 1e-12)
         self._pending_skip = skip
 
     @torch.no_grad()
@@ -164,7 +164,7 @@ class GraphSAM(SAMFamily):
                 clip = torch.where(norms > 0, self.radius / norms, torch.zeros_like(norms))
                 scale = torch.minimum(base.expand_as(clip), clip)
         else:
-            scale = self.rho / (self._direction_sq.sqrt() + 1e-12)
+            scale = self._inv_norm(self._direction_sq, self.rho, 1e-12)
             if self.radius is not None:
                 norms = (scale * scale * self.engine.direction_sq(per_tensor=True)).sqrt()
                 scale = torch.where(norms > self.radius, scale * self.radius / norms, scale.expand_as(norms))
@@ -184,7 +184,7 @@ class GraphSAM(SAMFamily):
         if self._pending_skip is not None:
             skip = skip | self._pending_skip
         # the EMA of w / ||w|| runs with the restore and base update (one pass in the fused engine)
-        self._direction_sq = self.engine.base_step(skip, restore=True, fold=(1.0 / sq.sqrt(), self.beta))
+        self._direction_sq = self.engine.base_step(skip, restore=True, fold=(self._inv_norm(sq), self.beta))
         if self._saved_direction is not None:
             saved, saved_sq = self._saved_direction
             self.engine.revert_direction(skip, saved)

@@ -50,7 +50,7 @@ class SAM(SAMFamily):
         self.engine.prepare()
         sq = self.engine.grad_sq(weight_power=1 if self.adaptive else 0)
         skip = self._nonfinite(sq)
-        scale = self.rho / (sq.sqrt() + 1e-12)
+        scale = self._inv_norm(sq, self.rho, 1e-12)
         self.engine.perturb("grad", scale, self.adaptive, skip)
         self._pending_skip = skip
 
