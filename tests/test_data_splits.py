@@ -38,7 +38,10 @@ def test_scaffold_splits_share_no_scaffold(bbbp, kind):
     _check_partition(split, len(bbbp))
     train, val, test = (_scaffolds(bbbp, part) for part in split)
     assert not (train & val) and not (train & test) and not (val & test)
-    assert len(split[0]) <= 0.8 * len(bbbp) and len(split[1]) <= 0.1 * len(bbbp)
+    assert len(split[0]) <= 0.8 * len(bbbp)
+    # balanced: validation within its own share; MoleculeNet's: within what train left of 90%
+    assert len(split[1]) <= (0.1 if kind == "balanced_scaffold" else 0.9) * len(bbbp) - (
+        0 if kind == "balanced_scaffold" else len(split[0]))
     # Greedy filling keeps the parts close to the requested sizes on a set this large.
     assert len(split[0]) > 0.75 * len(bbbp) and len(split[1]) > 0.07 * len(bbbp) and len(split[2]) > 0.07 * len(bbbp)
 
@@ -101,3 +104,22 @@ def test_save_and_load_split_round_trip(tmp_path):
     path.write_text('{"train": [1]}')
     with pytest.raises(ValueError, match="save_split"):
         load_split(path)
+
+
+def test_scaffold_split_matches_moleculenet_on_a_hand_worked_fixture():
+    # scaffold sets: "" {0, 3, 7}; cyclohexane {2, 6}; benzene {1, 4}; pyridine {5}.
+    # MoleculeNet orders them by (size, first index) descending: "", cyclohexane (first 2),
+    # benzene (first 1), pyridine. With n = 8 and 0.5 / 0.25 / 0.25 the cut-offs are 4 (train)
+    # and 6 (train + val): "" -> train (3); cyclohexane 3 + 2 > 4, 3 + 0 + 2 <= 6 -> val;
+    # benzene 3 + 2 > 4, 3 + 2 + 2 > 6 -> test; pyridine 3 + 1 <= 4 -> train.
+    smiles = ["CCO", "Oc1ccccc1", "NC1CCCCC1", "CCC", "Cc1ccccc1", "c1ccncc1", "OC1CCCCC1", "CCCC"]
+    train, val, test = split_indices(smiles, kind="scaffold", fractions=(0.5, 0.25, 0.25))
+    assert (train, val, test) == ([0, 3, 7, 5], [2, 6], [1, 4])
+
+
+def test_scaffold_split_lets_validation_use_the_room_train_left():
+    # sets: "" {0, 1, 2}, benzene {3, 4, 5}, cyclohexane {6, 7}; n = 8, 0.5 / 0.25 / 0.25.
+    # The tie of size 3 goes to benzene (first index 3 > 0): benzene -> train (3 <= 4);
+    # "" 6 > 4 but 3 + 3 <= 6 -> val, although 3 > 0.25 * 8; cyclohexane 3 + 3 + 2 > 6 -> test.
+    smiles = ["CCO", "CCN", "CCC", "Oc1ccccc1", "Nc1ccccc1", "Cc1ccccc1", "NC1CCCCC1", "OC1CCCCC1"]
+    assert split_indices(smiles, kind="scaffold", fractions=(0.5, 0.25, 0.25)) == ([3, 4, 5], [0, 1, 2], [6, 7])

@@ -2,13 +2,17 @@
 
 Scaffold splits group molecules by Bemis-Murcko scaffold (RDKit ``MurckoScaffoldSmiles``,
 chirality ignored; acyclic molecules share the empty scaffold) and never put one scaffold in two
-parts. Groups are assigned greedily: to train while it stays within its share, else to
-validation while that stays within its share, else to test (the convention of chemprop's
-``scaffold_split``, chemprop/data/scaffold.py).
-  * "scaffold": largest groups first (ties by first molecule index), deterministic, seed unused.
-  * "balanced_scaffold": groups larger than half the validation or test share go first, the
-    rest after them, each part shuffled by ``seed``; so large scaffolds land in train and the
-    validation and test sets get a mix of small ones.
+parts.
+  * "scaffold": MoleculeNet's scaffold split (DeepChem's ``ScaffoldSplitter``, which MoleculeNet
+    and most papers use). Deterministic, seed unused. Scaffold sets are ordered by size and then
+    by the index of their first molecule, both descending; each set goes to train unless that
+    would take train past ``f_train * n``, else to validation unless train + validation would
+    pass ``(f_train + f_val) * n``, else to test.
+  * "balanced_scaffold": chemprop's balanced scaffold split (``scaffold_split(balanced=True)``).
+    Sets larger than half the validation or the test share go first, the rest after them, each
+    part shuffled by ``seed``; a set goes to train while train stays within its share, else to
+    validation while validation stays within its share, else to test. Large scaffolds land in
+    train and the validation and test sets get a mix of small ones.
 """
 from __future__ import annotations
 
@@ -81,17 +85,28 @@ def split_indices(dataset, kind: str = "random", fractions=(0.8, 0.1, 0.1), seed
         n_val = min(n - n_train, round(f_val * n))
         return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
-    groups = sorted(scaffold_groups(dataset).values(), key=lambda g: (-len(g), g[0]))
     train_cap, val_cap, test_cap = f_train * n, f_val * n, (1.0 - f_train - f_val) * n
-    if kind == "balanced_scaffold":
-        rng = random.Random(seed)
-        big = [g for g in groups if len(g) > val_cap / 2 or len(g) > test_cap / 2]
-        small = [g for g in groups if not (len(g) > val_cap / 2 or len(g) > test_cap / 2)]
-        rng.shuffle(big)
-        rng.shuffle(small)
-        groups = big + small
     train, val, test = [], [], []
-    for group in groups:
+    if kind == "scaffold":
+        groups = sorted(scaffold_groups(dataset).values(), key=lambda g: (len(g), g[0]), reverse=True)
+        for group in groups:
+            if len(train) + len(group) <= train_cap:
+                train += group
+            elif len(train) + len(val) + len(group) <= train_cap + val_cap:
+                val += group
+            else:
+                test += group
+        return train, val, test
+
+    rng = random.Random(seed)
+    # the shuffles start from largest-first order (ties by first index), as before: balanced
+    # splits stay the ones earlier versions wrote for each seed
+    groups = sorted(scaffold_groups(dataset).values(), key=lambda g: (-len(g), g[0]))
+    big = [g for g in groups if len(g) > val_cap / 2 or len(g) > test_cap / 2]
+    small = [g for g in groups if not (len(g) > val_cap / 2 or len(g) > test_cap / 2)]
+    rng.shuffle(big)
+    rng.shuffle(small)
+    for group in big + small:
         if len(train) + len(group) <= train_cap:
             train += group
         elif len(val) + len(group) <= val_cap:
