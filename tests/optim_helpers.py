@@ -1,10 +1,12 @@
 """A small deterministic problem to drive optimizers: mixed shapes, several param groups."""
 import torch
 
-# total flat sizes 1, 3, 4k+1 and 278011, each split over tensors of mixed shapes
+# total flat sizes 1, 3, 37 (a tiny model for the fault-injection suite), 4k+1 and 278011, each
+# split over tensors of mixed shapes
 SHAPES = {
     1: [(1,)],
     3: [(3,)],
+    37: [(2, 3), (5,), (1,), (3, 2, 2), (13,)],
     4097: [(16, 16), (64,), (3, 7, 5), (1,), (4, 33, 5), (2716,), (59,), (236,)],
     278011: [(512, 512), (123, 45), (7, 3, 11), (1,), (9728,), (372,)],
 }

@@ -38,6 +38,7 @@ class SAMFamily(torch.optim.Optimizer):
         self.engine = ENGINES[self.implementation](self, self._track_direction)
         self._engine_trainable = self._trainable()
         self.closure_calls = 0
+        self._pending_skip = None
         self._skipped = None
         self._warned_skip = False
 
@@ -140,10 +141,30 @@ class SAMFamily(torch.optim.Optimizer):
         self._require_closure(closure)
         if not self._sync_engine():
             return self._evaluate(closure)
-        return self._step(closure)
+        saved = self._save_step_state()
+        try:
+            return self._step(closure)
+        except BaseException:
+            # a closure that raises (out of memory on one batch, KeyboardInterrupt): the weights
+            # are restored and the optimizer is left as it was before the step, so a loop that
+            # catches the exception and goes on trains from the unperturbed point
+            self._abort_step(saved)
+            raise
 
     def _step(self, closure):
         raise NotImplementedError
+
+    # attributes a step changes before its last closure call; put back when the step raises
+    _step_attrs = ("closure_calls", "_pending_skip")
+
+    def _save_step_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._step_attrs}
+
+    def _abort_step(self, saved: dict) -> None:
+        if self.engine.perturbed:
+            self.engine.restore()
+        for name, value in saved.items():
+            setattr(self, name, value)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place (they are views into flat buffers in the fused path)."""

@@ -95,8 +95,20 @@ class GraphSAM(SAMFamily):
         self.radius = self.radius0
         self._direction_sq = None
         self._exact_scale = None
-        self._pending_skip = None
         self._saved_direction = None
+
+    _step_attrs = SAMFamily._step_attrs + ("epoch", "step_in_epoch", "rho", "radius", "_direction_sq",
+                                           "_exact_scale")
+
+    def _abort_step(self, saved: dict) -> None:
+        if self._saved_direction is not None:  # the exact gradient of this step already replaced d
+            directions, _ = self._saved_direction
+            self.engine.revert_direction(torch.ones((), dtype=torch.bool, device=self._device()), directions)
+            self._saved_direction = None
+        super()._abort_step(saved)
+
+    def _device(self) -> torch.device:
+        return self.param_groups[0]["params"][0].device
 
     def _rebuild_engine(self) -> None:
         super()._rebuild_engine()
@@ -218,5 +230,4 @@ class GraphSAM(SAMFamily):
         self.rho = float(extra["rho"])
         self.radius = extra["radius"]
         dsq = extra["direction_sq"]
-        device = self.param_groups[0]["params"][0].device
-        self._direction_sq = None if dsq is None else dsq.to(device)
+        self._direction_sq = None if dsq is None else dsq.to(self._device())

@@ -40,7 +40,6 @@ class SAM(SAMFamily):
         self.adaptive = bool(adaptive)
         self.sam_every = sam_every
         self.sam_step_count = 0
-        self._pending_skip = None
 
     # -- two-phase API -----------------------------------------------------------------------
     @torch.no_grad()
