@@ -8,7 +8,7 @@ TORCH_CPU := torch==2.13.0
 TORCH_CUDA := torch==2.14.1
 export GRAPHSAM_DATA_DIR ?= $(abspath ../shared/data/moleculenet)
 
-.PHONY: setup build test run bench bench-smoke cuda-check cmake-check study clean
+.PHONY: setup build test run bench bench-smoke bench-chemprop cuda-check cmake-check study clean
 
 setup: $(VENV)/.ready
 
@@ -36,6 +36,11 @@ bench: build
 
 bench-smoke: build
 	$(PY) -m pytest benchmarks -q --benchmark-disable -k "not study" $(BENCH_ARGS)
+
+# chemprop's default D-MPNN (own venv .venv-chemprop, made when missing; never our dependency) beside
+# `graphsam train` on identical splits; options in BENCH_CHEMPROP_ARGS (see docs/benchmarks.md)
+bench-chemprop: build
+	$(PY) scripts/bench_chemprop.py $(BENCH_CHEMPROP_ARGS)
 
 # compile AND link the CUDA kernels against a CUDA build of torch (no GPU needed)
 cuda-check:
