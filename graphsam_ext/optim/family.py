@@ -21,7 +21,8 @@ class SAMFamily(torch.optim.Optimizer):
     ``self.engine`` (see ``graphsam_ext.optim.engines``).
     """
 
-    _track_direction = False
+    # per-parameter state buffers the subclass works with, besides the base optimizer's
+    _buffers: tuple = ()
 
     def __init__(self, params, base_optimizer, implementation, extra_defaults: dict, base_kwargs: dict):
         self.base_spec: BaseSpec = parse_base(base_optimizer)
@@ -35,7 +36,7 @@ class SAMFamily(torch.optim.Optimizer):
             # torch's do, must not find GraphSAM's direction there)
             self.param_groups = self.base_optimizer.param_groups
         self.implementation = self._choose_implementation(implementation)
-        self.engine = ENGINES[self.implementation](self, self._track_direction)
+        self.engine = ENGINES[self.implementation](self, self._buffers)
         self._engine_trainable = self._trainable()
         self.closure_calls = 0
         self._pending_skip = None
@@ -79,7 +80,7 @@ class SAMFamily(torch.optim.Optimizer):
     def _rebuild_engine(self) -> None:
         """A new engine over the current groups, with the state of the parameters it already had."""
         saved = {p: dict(st) for p, st in self.state.items()}  # keeps the old buffers alive
-        engine = ENGINES[self.implementation](self, self._track_direction)
+        engine = ENGINES[self.implementation](self, self._buffers)
         for p, st in saved.items():
             self.state[p].update(st)
         engine.adopt_loaded_state()

@@ -54,7 +54,7 @@ class GraphSAM(SAMFamily):
     call ``exact_gradient_step()``; then ``first_step()``; compute grads; ``second_step()``.
     """
 
-    _track_direction = True
+    _buffers = ("direction",)
 
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, beta: float = 0.99, gamma: float = 0.5,
                  lam: int = 1, steps_per_epoch: int | None = None, mode: str = "paper",
