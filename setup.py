@@ -4,7 +4,9 @@ Environment variables:
   GRAPHSAM_EXT_BUILD_NATIVE=0   build no native code (pure-PyTorch fallback only)
   GRAPHSAM_EXT_BUILD_CUDA=1|0   force the CUDA kernels on or off; default: on when torch is a
                                 CUDA build and a CUDA toolkit (CUDA_HOME / nvcc) is found
-  TORCH_CUDA_ARCH_LIST          CUDA architectures (default here "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST          CUDA architectures (default here "8.0;9.0+PTX": machine code for A100
+                                and H100/H200, plus PTX of 9.0 that the driver compiles for newer
+                                cards; a card older than 9.0 that is not listed gets the fallback)
   MAX_JOBS                      parallel compile jobs
 """
 import glob
@@ -14,6 +16,8 @@ import shutil
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# SASS for sm_80 (runs on 8.x) and sm_90; PTX of the newest, so later architectures run it too
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _flag(name):
@@ -66,7 +70,7 @@ def _extensions():
     if use_cuda:
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
     sources = ["csrc/registration.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     macros = [("GRAPHSAM_EXT_VERSION", '"0.1.0"')]

@@ -1,6 +1,14 @@
-// Warp and block sums used by the norm kernels; results stay on the device.
+// Warp and block sums of the norm kernels, and the second stage of their deterministic
+// reductions; results stay on the device.
+//
+// A sum over a buffer is taken in two stages instead of with floating-point atomics (whose order,
+// and so whose rounding, changes from run to run): each block writes its partial sum to its own
+// slot of a scratch buffer, then sum_partials_kernel adds the slots up in a fixed order. Both
+// stages depend only on the sizes and the grid, so the same input gives the same bits every time.
 #pragma once
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 namespace graphsam_ext {
 
@@ -24,6 +32,19 @@ __device__ __forceinline__ T block_sum(T v) {
   if (warp == 0) v = warp_sum(v);
   __syncthreads();
   return v;
+}
+
+// Second stage: out[s] = sum of partials[s * count, (s + 1) * count) (added to out[s] when
+// accumulate), for s < nout; one block per output, each thread adding a fixed strided subset of
+// the slots in order before the block's fixed tree.
+template <typename T>
+__global__ void sum_partials_kernel(const T* partials, int64_t count, int64_t nout, T* out, bool accumulate) {
+  for (int64_t s = blockIdx.x; s < nout; s += gridDim.x) {
+    T acc = T(0);
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) acc += partials[s * count + j];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) out[s] = accumulate ? out[s] + acc : acc;
+  }
 }
 
 }  // namespace graphsam_ext

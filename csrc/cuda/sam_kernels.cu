@@ -1,7 +1,10 @@
 // CUDA kernels of the flat-buffer SAM / GraphSAM / Adam / SGD ops.
 // Segmented kernels use a 2-D grid: blockIdx.y walks the segments (tensors), blockIdx.x strides
-// inside one, so no per-element segment search is needed. Scales, the skip flag and Adam's step
-// are read from device memory: a step never synchronizes with the host.
+// inside one, so no per-element segment search is needed. Each thread takes kPack elements at a
+// time with 16-byte loads and stores where the buffers' alignment allows (vector_access.cuh);
+// the per-element arithmetic is the one of sam_math.h, shared with the CPU kernels. Sums of
+// squares are two-stage and deterministic (reduce.cuh). Scales, the skip flag and Adam's step are
+// read from device memory: a step never synchronizes with the host.
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -13,6 +16,7 @@
 
 #include "checks.h"
 #include "cuda/reduce.cuh"
+#include "cuda/vector_access.cuh"
 #include "sam_math.h"
 
 namespace graphsam_ext {
@@ -20,6 +24,7 @@ namespace {
 
 constexpr const char* kBackend = "CUDA";
 constexpr int kThreads = 256;
+constexpr int64_t kMaxGridY = 65535;
 
 struct Segments {
   const int64_t* offsets;  // nullptr: one segment [0, n)
@@ -35,10 +40,33 @@ Segments make_segments(const c10::optional<at::Tensor>& offsets, int64_t n, int6
   return Segments{offsets ? offsets->data_ptr<int64_t>() : nullptr, n, offsets ? nseg : 1};
 }
 
+// Enough blocks in x for one pack per thread of an average segment, at most 1024.
 dim3 segmented_grid(int64_t n, int64_t nseg) {
   const int64_t per_seg = std::max<int64_t>(1, n / std::max<int64_t>(1, nseg));
-  const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, (per_seg + kThreads * 4 - 1) / (kThreads * 4)), 1024);
-  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(std::min<int64_t>(nseg, 65535)));
+  const int64_t per_block = int64_t(kThreads) * kPack;
+  const int64_t bx = std::min<int64_t>(std::max<int64_t>(1, (per_seg + per_block - 1) / per_block), 1024);
+  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(std::min<int64_t>(nseg, kMaxGridY)));
+}
+
+// One slot per (segment, block in x) for the first stage of a deterministic sum.
+at::Tensor partial_sums(const at::Tensor& like, const dim3& grid, int64_t nseg) {
+  return at::empty({nseg * int64_t(grid.x)}, like.options().dtype(at::kDouble));
+}
+
+// The block's share of a segment's sum, into its own slot (every block writes every slot it owns,
+// zero included, so the scratch buffer needs no initialization).
+__device__ __forceinline__ void write_partial(double acc, int64_t seg, double* partials) {
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partials[seg * gridDim.x + blockIdx.x] = acc;
+}
+
+// out[s] (+)= the partial sums of segment s, for nout outputs of count slots each.
+void launch_sum_partials(const at::Tensor& partials, int64_t count, int64_t nout, double* out, bool accumulate,
+                         cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(nout, kMaxGridY));
+  sum_partials_kernel<double><<<blocks, kThreads, 0, stream>>>(partials.data_ptr<double>(), count, nout, out,
+                                                               accumulate);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // The flag (checked by the op's argument checks) as a bool on the device, read by the kernel.
@@ -61,24 +89,27 @@ struct StepScalars {
 };
 
 template <typename T>
-__global__ void sum_squares_kernel(const T* x, const T* w, int power, double shift, Segments segs, double* out) {
+__global__ void sum_squares_kernel(const T* x, const T* w, int power, double shift, Segments segs, int align,
+                                   double* partials) {
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
     int64_t lo, hi;
     segs.range(seg, lo, hi);
     double acc = 0.0;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x)
-      acc += square_term<T, double>(x[i], w ? w[i] : T(0), power, shift);
-    acc = block_sum(acc);
-    if (threadIdx.x == 0 && acc != 0.0) atomicAdd(out + seg, acc);
+    for_each_pack<T>(lo, hi, align, [&](int64_t i, auto access) {
+      using A = decltype(access);
+      T xv[A::n], wv[A::n];
+      load<A>(x + i, xv);
+      if (w != nullptr) {
+        load<A>(w + i, wv);
+      } else {
+#pragma unroll
+        for (int k = 0; k < A::n; ++k) wv[k] = T(0);
+      }
+#pragma unroll
+      for (int k = 0; k < A::n; ++k) acc += square_term<T, double>(xv[k], wv[k], power, shift);
+    });
+    write_partial(acc, seg, partials);
   }
-}
-
-template <typename T>
-void launch_sum_squares(const T* x, const T* w, int power, double shift, Segments segs, double* out,
-                        cudaStream_t stream) {
-  if (segs.n == 0) return;
-  sum_squares_kernel<T><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, stream>>>(x, w, power, shift, segs, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
@@ -86,12 +117,23 @@ at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>
   const int64_t nseg = check_sum_squares(x, weight, offsets, weight_power, kBackend);
   const c10::cuda::CUDAGuard guard(x.device());
   const Segments segs = make_segments(offsets, x.numel(), nseg);
-  at::Tensor out = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
+  if (segs.n == 0) {
+    const at::Tensor zeros = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
+    return offsets ? zeros : zeros.squeeze(0);
+  }
+  at::Tensor out = at::empty({segs.nseg}, x.options().dtype(at::kDouble));
+  const dim3 grid = segmented_grid(segs.n, segs.nseg);
+  const at::Tensor partials = partial_sums(x, grid, segs.nseg);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_squares_cuda", [&] {
-    launch_sum_squares<scalar_t>(x.data_ptr<scalar_t>(), weight ? weight->data_ptr<scalar_t>() : nullptr,
-                                 static_cast<int>(weight_power), shift, segs, out.data_ptr<double>(),
-                                 c10::cuda::getCurrentCUDAStream());
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight_power > 0 ? weight->data_ptr<scalar_t>() : nullptr;
+    sum_squares_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        xp, wp, static_cast<int>(weight_power), shift, segs, common_alignment<scalar_t>({xp, wp}),
+        partials.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  launch_sum_partials(partials, grid.x, segs.nseg, out.data_ptr<double>(), false, stream);
   return offsets ? out : out.squeeze(0);
 }
 
@@ -103,17 +145,23 @@ void zero_cuda(at::Tensor& x) {
 
 template <typename T>
 __global__ void perturb_kernel(T* p, T* backup, const T* d, const double* scale, bool adaptive, const bool* skip,
-                               Segments segs) {
+                               Segments segs, int align) {
   const bool skipped = skip != nullptr && *skip;
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
     int64_t lo, hi;
     segs.range(seg, lo, hi);
     const T s = static_cast<T>(scale[segs.offsets ? seg : 0]);
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(gridDim.x) * blockDim.x) {
-      const T pi = p[i];
-      backup[i] = pi;
-      if (!skipped) p[i] = perturb_element<T>(pi, d[i], s, adaptive);
-    }
+    for_each_pack<T>(lo, hi, align, [&](int64_t i, auto access) {
+      using A = decltype(access);
+      T pv[A::n], dv[A::n];
+      load<A>(p + i, pv);
+      load<A>(d + i, dv);
+      store<A>(backup + i, pv);
+      if (skipped) return;
+#pragma unroll
+      for (int k = 0; k < A::n; ++k) pv[k] = perturb_element<T>(pv[k], dv[k], s, adaptive);
+      store<A>(p + i, pv);
+    });
   }
 }
 
@@ -127,9 +175,11 @@ void perturb_cuda(at::Tensor& param, at::Tensor& backup, const at::Tensor& direc
   const at::Tensor scale64 = scale.to(at::kDouble).contiguous();
   const Segments segs = make_segments(offsets, param.numel(), nseg);
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "perturb_cuda", [&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    scalar_t* b = backup.data_ptr<scalar_t>();
+    const scalar_t* d = direction.data_ptr<scalar_t>();
     perturb_kernel<scalar_t><<<segmented_grid(segs.n, segs.nseg), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        param.data_ptr<scalar_t>(), backup.data_ptr<scalar_t>(), direction.data_ptr<scalar_t>(),
-        scale64.data_ptr<double>(), adaptive, sk, segs);
+        p, b, d, scale64.data_ptr<double>(), adaptive, sk, segs, common_alignment<scalar_t>({p, b, d}));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -141,12 +191,13 @@ struct DeviceFold {
   T* d;
   const double* inv;  // one per segment, or one
   T beta, one_minus_beta;
-  double* out;        // ||d_new||^2 is added here
+  double* partials;   // first stage of ||d_new||^2: one slot per (segment, block in x)
 };
 
-// Host side of the fold: checks done, holds the float64 inv_norm alive during the launch.
+// Host side of the fold: checks done, holds the float64 inv_norm and the partial sums alive
+// during the launch; finish() adds ||d_new||^2 to direction_sq.
 struct FoldArgs {
-  at::Tensor direction, direction_sq, inv64;  // undefined without a direction
+  at::Tensor direction, direction_sq, inv64, partials;  // undefined without a direction
   Segments segs;
   double beta;
 
@@ -157,63 +208,63 @@ struct FoldArgs {
     direction = *d;
     direction_sq = *dsq;
     inv64 = inv_norm->to(at::kDouble).contiguous();
+    partials = partial_sums(param, grid(), segs.nseg);
   }
   dim3 grid() const { return segmented_grid(segs.n, segs.nseg); }
   template <typename T>
   DeviceFold<T> device() const {
     if (!direction.defined()) return DeviceFold<T>{nullptr, nullptr, T(0), T(1), nullptr};
     return DeviceFold<T>{direction.data_ptr<T>(), inv64.data_ptr<double>(), static_cast<T>(beta),
-                         static_cast<T>(1.0 - beta), direction_sq.data_ptr<double>()};
+                         static_cast<T>(1.0 - beta), partials.data_ptr<double>()};
+  }
+  template <typename T>
+  const T* direction_ptr() const {
+    return direction.defined() ? direction.data_ptr<T>() : nullptr;
+  }
+  // Second stage: every segment's partial sums, in one fixed order, added to direction_sq.
+  void finish(cudaStream_t stream) const {
+    if (!direction.defined()) return;
+    launch_sum_partials(partials, partials.numel(), 1, direction_sq.data_ptr<double>(), true, stream);
   }
 };
 
-// Folds g into the EMA at element i (unless skipped) and returns the new d_i.
-template <typename T>
-__device__ __forceinline__ T fold_element(const DeviceFold<T>& fold, int64_t i, T g, T inv, bool skipped,
-                                          bool init = false) {
-  T di = fold.d[i];
-  if (!skipped) {
-    di = direction_element<T>(di, g, inv, fold.beta, fold.one_minus_beta, init);
-    fold.d[i] = di;
-  }
-  return di;
-}
-
-template <typename T>
-__device__ __forceinline__ void add_fold_sum(const DeviceFold<T>& fold, double acc) {
-  acc = block_sum(acc);
-  if (threadIdx.x == 0 && acc != 0.0) atomicAdd(fold.out, acc);
-}
-
-// Grid-stride loop over every segment. With a direction, each element's g is folded into the EMA
-// first and the block's sum of d_new^2 is added to the total; update(i, g_i) then does the base
-// optimizer's part.
+// Loop over every segment, kPack elements at a time where aligned. With a direction, each
+// element's g is folded into the EMA first (unless skipped) and the block's sum of d_new^2 goes to
+// its partial-sum slot; update(i, g, access) then does the base optimizer's part.
 template <typename T, typename Update>
 __device__ __forceinline__ void fold_and_update(const T* g, const DeviceFold<T>& fold, bool skipped, bool init,
-                                                const Segments& segs, Update&& update) {
+                                                const Segments& segs, int align, Update&& update) {
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
     int64_t lo, hi;
     segs.range(seg, lo, hi);
     const T inv = fold.d ? static_cast<T>(fold.inv[segs.offsets ? seg : 0]) : T(0);
     double acc = 0.0;
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += stride) {
-      const T gi = g[i];
+    for_each_pack<T>(lo, hi, align, [&](int64_t i, auto access) {
+      using A = decltype(access);
+      T gv[A::n];
+      load<A>(g + i, gv);
       if (fold.d) {
-        const T di = fold_element(fold, i, gi, inv, skipped, init);
-        acc += static_cast<double>(di) * static_cast<double>(di);
+        T dv[A::n];
+        load<A>(fold.d + i, dv);
+#pragma unroll
+        for (int k = 0; k < A::n; ++k) {
+          if (!skipped) dv[k] = direction_element<T>(dv[k], gv[k], inv, fold.beta, fold.one_minus_beta, init);
+          acc += static_cast<double>(dv[k]) * static_cast<double>(dv[k]);
+        }
+        if (!skipped) store<A>(fold.d + i, dv);
       }
-      update(i, gi);
-    }
-    if (fold.d) add_fold_sum(fold, acc);
+      update(i, gv, access);
+    });
+    if (fold.d) write_partial(acc, seg, fold.partials);
   }
 }
 
 // direction_update_: the fold on its own (no base update), optionally as the EMA's start.
 template <typename T>
-__global__ void direction_kernel(const T* g, DeviceFold<T> fold, bool init, const bool* skip, Segments segs) {
+__global__ void direction_kernel(const T* g, DeviceFold<T> fold, bool init, const bool* skip, Segments segs,
+                                 int align) {
   const bool skipped = skip != nullptr && *skip;
-  fold_and_update(g, fold, skipped, init, segs, [](int64_t, T) {});
+  fold_and_update(g, fold, skipped, init, segs, align, [](int64_t, const auto&, auto) {});
 }
 
 at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, const at::Tensor& inv_norm,
@@ -226,32 +277,42 @@ at::Tensor direction_update_cuda(at::Tensor& direction, const at::Tensor& grad, 
   at::Tensor skip_holder;
   const bool* sk = skip_ptr(skip, skip_holder);
   const FoldArgs fold(direction, direction, inv_norm, offsets, nseg, beta, out);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(direction.scalar_type(), "direction_update_cuda", [&] {
-    direction_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad.data_ptr<scalar_t>(), fold.device<scalar_t>(), init, sk, fold.segs);
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    direction_kernel<scalar_t><<<fold.grid(), kThreads, 0, stream>>>(
+        g, fold.device<scalar_t>(), init, sk, fold.segs,
+        common_alignment<scalar_t>({g, fold.direction_ptr<scalar_t>()}));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  fold.finish(stream);
   return out;
 }
 
 template <typename T>
 __global__ void adam_kernel(T* p, const T* src, const T* g, T* m, T* v, const double* step, const bool* skip,
-                            Segments segs, DeviceFold<T> fold, double lr, double beta1, double beta2, double eps,
-                            double weight_decay, bool decoupled) {
+                            Segments segs, int align, DeviceFold<T> fold, double lr, double beta1, double beta2,
+                            double eps, double weight_decay, bool decoupled) {
   const bool skipped = skip != nullptr && *skip;
   const AdamBias bias = adam_bias(*step, lr, beta1, beta2);
   const T omb1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), omb2 = static_cast<T>(1.0 - beta2),
           ep = static_cast<T>(eps), wd = static_cast<T>(weight_decay), decay = static_cast<T>(1.0 - lr * weight_decay),
           ss = static_cast<T>(bias.step_size), bc2 = static_cast<T>(bias.bc2_sqrt);
-  fold_and_update(g, fold, skipped, false, segs, [&](int64_t i, T gi) {
-    T pi = src[i];
+  fold_and_update(g, fold, skipped, false, segs, align, [&](int64_t i, const auto& gv, auto access) {
+    using A = decltype(access);
+    T pv[A::n];
+    load<A>(src + i, pv);
     if (!skipped) {
-      T mi = m[i], vi = v[i];
-      adam_element<T>(pi, gi, mi, vi, omb1, b2, omb2, ep, wd, decoupled, decay, ss, bc2);
-      m[i] = mi;
-      v[i] = vi;
+      T mv[A::n], vv[A::n];
+      load<A>(m + i, mv);
+      load<A>(v + i, vv);
+#pragma unroll
+      for (int k = 0; k < A::n; ++k) adam_element<T>(pv[k], gv[k], mv[k], vv[k], omb1, b2, omb2, ep, wd, decoupled,
+                                                     decay, ss, bc2);
+      store<A>(m + i, mv);
+      store<A>(v + i, vv);
     }
-    p[i] = pi;
+    store<A>(p + i, pv);
   });
 }
 
@@ -267,27 +328,41 @@ void adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_a
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);
   const FoldArgs fold(param, direction, inv_norm, offsets, nseg, beta, direction_sq);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "adam_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
-    adam_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
-        exp_avg_sq.data_ptr<scalar_t>(), scalars.step, scalars.skip, fold.segs, fold.device<scalar_t>(), lr, beta1,
-        beta2, eps, weight_decay, decoupled);
+    const scalar_t* src = source ? source->data_ptr<scalar_t>() : p;
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* m = exp_avg.data_ptr<scalar_t>();
+    scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
+    const int align = common_alignment<scalar_t>({p, src, g, m, v, fold.direction_ptr<scalar_t>()});
+    adam_kernel<scalar_t><<<fold.grid(), kThreads, 0, stream>>>(p, src, g, m, v, scalars.step, scalars.skip,
+                                                                 fold.segs, align, fold.device<scalar_t>(), lr, beta1,
+                                                                 beta2, eps, weight_decay, decoupled);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  fold.finish(stream);
 }
 
 template <typename T>
 __global__ void sgd_kernel(T* p, const T* src, const T* g, T* buf, const double* step, const bool* skip,
-                           Segments segs, DeviceFold<T> fold, T lr, T momentum, T one_minus_dampening,
+                           Segments segs, int align, DeviceFold<T> fold, T lr, T momentum, T one_minus_dampening,
                            T weight_decay, bool nesterov) {
   const bool skipped = skip != nullptr && *skip;
   const bool first = *step <= 1.0;
-  fold_and_update(g, fold, skipped, false, segs, [&](int64_t i, T gi) {
-    T pi = src[i];
-    if (!skipped) sgd_element<T>(pi, gi, buf ? buf + i : nullptr, first, lr, momentum, one_minus_dampening,
-                                 weight_decay, nesterov);
-    p[i] = pi;
+  fold_and_update(g, fold, skipped, false, segs, align, [&](int64_t i, const auto& gv, auto access) {
+    using A = decltype(access);
+    T pv[A::n];
+    load<A>(src + i, pv);
+    if (!skipped) {
+      T bv[A::n];
+      if (buf != nullptr) load<A>(buf + i, bv);
+#pragma unroll
+      for (int k = 0; k < A::n; ++k) sgd_element<T>(pv[k], gv[k], buf != nullptr ? bv + k : nullptr, first, lr,
+                                                    momentum, one_minus_dampening, weight_decay, nesterov);
+      if (buf != nullptr) store<A>(buf + i, bv);
+    }
+    store<A>(p + i, pv);
   });
 }
 
@@ -303,15 +378,20 @@ void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& moment
   const c10::cuda::CUDAGuard guard(param.device());
   const StepScalars scalars(skip, step);
   const FoldArgs fold(param, direction, inv_norm, offsets, nseg, beta, direction_sq);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "sgd_step_cuda", [&] {
     scalar_t* p = param.data_ptr<scalar_t>();
-    sgd_kernel<scalar_t><<<fold.grid(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        p, source ? source->data_ptr<scalar_t>() : p, grad.data_ptr<scalar_t>(),
-        momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr, scalars.step, scalars.skip, fold.segs,
-        fold.device<scalar_t>(), static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum),
-        static_cast<scalar_t>(1.0 - dampening), static_cast<scalar_t>(weight_decay), nesterov);
+    const scalar_t* src = source ? source->data_ptr<scalar_t>() : p;
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* buf = momentum != 0.0 ? momentum_buffer.data_ptr<scalar_t>() : nullptr;
+    const int align = common_alignment<scalar_t>({p, src, g, buf, fold.direction_ptr<scalar_t>()});
+    sgd_kernel<scalar_t><<<fold.grid(), kThreads, 0, stream>>>(
+        p, src, g, buf, scalars.step, scalars.skip, fold.segs, align, fold.device<scalar_t>(),
+        static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum), static_cast<scalar_t>(1.0 - dampening),
+        static_cast<scalar_t>(weight_decay), nesterov);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  fold.finish(stream);
 }
 
 }  // namespace
