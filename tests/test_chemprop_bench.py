@@ -222,6 +222,10 @@ def test_report_without_results_and_bad_options_are_errors(tmp_path, capsys):
     assert "--seeds must be consecutive" in capsys.readouterr().err
     assert cb.main(["--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert cb.main(["--graphsam-args=--hidden 64 --epochs=5", "--out", str(tmp_path)]) == 2
+    assert "--graphsam-args: --epochs=5 is set by the bench" in capsys.readouterr().err
+    assert cb.main(["--chemprop-args=-o elsewhere", "--out", str(tmp_path)]) == 2
+    assert "--chemprop-args: -o is set by the bench" in capsys.readouterr().err
 
 
 def test_read_ours_from_a_run_directory(tmp_path):
@@ -265,6 +269,8 @@ FAKE_CHEMPROP = textwrap.dedent('''
         w.writerow(["smiles", target])
         for i in split["test"]:
             w.writerow([rows[i]["smiles"], mean])
+    y = [float(rows[i][target]) for i in split["test"]]
+    print("2026-01-01T00:00:00 - INFO:chemprop.cli.train - test/mse: %r" % (sum((v - mean) ** 2 for v in y) / len(y)))
     epochs = int(flag("--epochs"))
     json.dump({"chemprop": "0.0-fake", "torch_threads": 1, "wall_seconds": 1.0,
                "fits": [{"num_parameters": 7, "train_samples": len(split["train"]),
@@ -321,13 +327,24 @@ def test_bench_runs_both_then_resumes_from_its_cache(tmp_path, monkeypatch, caps
         expected = (sum((v - mean) ** 2 for v in y) / len(y)) ** 0.5
         assert piece["per_seed"][str(seed)]["test"]["rmse"] == pytest.approx(expected, rel=1e-5)
         assert piece["per_seed"][str(seed)]["train_seconds_per_epoch"] == pytest.approx(0.25)
+        # chemprop's own logged MSE is kept beside our score as a cross-check
+        assert piece["per_seed"][str(seed)]["chemprop_own_test"]["mse"] == pytest.approx(expected**2, rel=1e-5)
     text = (out / "bench.md").read_text()
     assert "| ours, adam |" in text and "| chemprop 0.0-fake (default D-MPNN) |" in text
+
+    # an interrupted bench: ours resumes its run directory, chemprop redoes only the unfinished seed
+    (out / "ours-adam" / "esol" / "random" / cb.PIECE_FILE).unlink()
+    (chemprop_dir / cb.PIECE_FILE).unlink()
+    (chemprop_dir / "seed1" / "result.json").unlink()
+    assert cb.main(argv) == 0
+    assert calls.read_text().split() == ["0", "1", "1"]
+    assert "--resume" in (out / "ours-adam" / "esol" / "random" / "train.log").read_text().splitlines()[0]
+    assert json.loads((chemprop_dir / cb.PIECE_FILE).read_text())["per_seed"] == piece["per_seed"]
 
     # everything cached: no process is started again
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"started {a[0]} although cached"))
     assert cb.main(argv) == 0
-    assert calls.read_text().split() == ["0", "1"]
+    assert calls.read_text().split() == ["0", "1", "1"]
     # other settings in the same --out are refused, naming the piece
     other = list(argv)
     other[other.index("--epochs") + 1] = "2"

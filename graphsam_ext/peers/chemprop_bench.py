@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -58,6 +59,11 @@ CHEMPROP_PACKAGES = ("chemprop", "torch==2.13.0")
 CHEMPROP_VENV_NAME = ".venv-chemprop"
 CHEMPROP_DEFAULT_WARMUP = 2  # chemprop's --warmup-epochs default; it refuses --epochs <= warm-up
 PIECE_FILE = "piece.json"
+GRAPHSAM_SET_BY_BENCH = {"--dataset", "--data", "--optimizer", "--optimizers", "--split", "--split-fractions", "--seeds",
+                         "--first-seed", "--epochs", "--output-dir", "--resume", "--data-dir", "--overwrite"}
+CHEMPROP_SET_BY_BENCH = {"-i", "--data-path", "-s", "--smiles-columns", "--target-columns", "-t", "--task-type",
+                         "--splits-file", "--epochs", "-o", "--output-dir", "--save-dir", "--pytorch-seed",
+                         "--data-seed", "--num-replicates", "--split", "--split-type", "--split-sizes"}
 LAUNCHER = Path(__file__).with_name("chemprop_launcher.py")
 METRIC = {"classification": "roc_auc", "regression": "rmse"}
 METRIC_LABEL = {"roc_auc": "ROC-AUC (higher is better)", "rmse": "RMSE (lower is better)"}
@@ -283,8 +289,25 @@ def read_chemprop_seed(seed_dir, dataset, split: dict, seed: int) -> dict:
     entry = _seed_entry(test, train_s, len(split["train"]), len(epochs), None, fits[0].get("num_parameters"))
     entry.update(wall_seconds=timing.get("wall_seconds"), torch_threads=timing.get("torch_threads"),
                  chemprop_version=timing.get("chemprop"),
-                 epoch_seconds=_mean([e["epoch_seconds"] for e in epochs]))
+                 epoch_seconds=_mean([e["epoch_seconds"] for e in epochs]),
+                 chemprop_own_test=chemprop_logged_test(seed_dir / "chemprop.log"))
     return entry
+
+
+def chemprop_logged_test(log_path) -> dict:
+    """The test scores chemprop itself logs (``test/<metric>: value``), kept as a cross-check of
+    our scoring (its MSE is our RMSE squared); empty when the log has none."""
+    path = Path(log_path)
+    found = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            match = re.search(r"\btest/([A-Za-z0-9_-]+): (\S+)$", line.strip())
+            if match:
+                try:
+                    found[match.group(1)] = float(match.group(2))
+                except ValueError:
+                    continue
+    return found
 
 
 # -- aggregation and tables -----------------------------------------------------------------------
@@ -386,8 +409,10 @@ def plot_report(pieces: list[dict], path) -> Path | None:
     contenders = sorted({p["contender"] for p in pieces}, key=_contender_order)
     labels = {p["contender"]: p["label"] for p in pieces}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2 * len(splits), len(datasets), figsize=(2.8 * len(datasets) + 1, 2.6 * 2 * len(splits)),
-                             squeeze=False)
+    width, height = max(6.0, 2.8 * len(datasets) + 1), 2.6 * 2 * len(splits)
+    ncol = min(len(contenders), max(1, int(width // 2.4)))
+    legend_inches = 0.3 * math.ceil(len(contenders) / ncol) + 0.1
+    fig, axes = plt.subplots(2 * len(splits), len(datasets), figsize=(width, height + legend_inches), squeeze=False)
     by_key = dict(groups)
     for si, split in enumerate(splits):
         for di, ds in enumerate(datasets):
@@ -399,7 +424,7 @@ def plot_report(pieces: list[dict], path) -> Path | None:
                 s = summarize_piece(group[c])
                 color = colors[ci % len(colors)]
                 if s["mean"] is not None:
-                    ax_m.bar(ci, s["mean"], yerr=s["std"] or 0, color=color, capsize=3, label=labels[c])
+                    ax_m.bar(ci, s["mean"], yerr=s["std"], color=color, capsize=3, label=labels[c])
                 if s["molecules_per_second"] is not None:
                     ax_t.bar(ci, s["molecules_per_second"], color=color)
             metric = next(iter(group.values()))["metric"] if group else ""
@@ -416,8 +441,8 @@ def plot_report(pieces: list[dict], path) -> Path | None:
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    fig.legend(handles, names, loc="lower center", ncol=max(1, len(names)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8)
+    fig.tight_layout(rect=(0, legend_inches / (height + legend_inches), 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -460,13 +485,13 @@ def _cached_piece(path: Path, request: dict):
     return piece
 
 
-def _run_logged(cmd: list[str], log_path: Path, what: str, env=None) -> float:
+def _run_logged(cmd: list[str], log_path: Path, what: str) -> float:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if status != 0:
         tail = log_path.read_text().splitlines()[-15:]
         raise BenchError(f"{what} failed (exit status {status}); its output is in {log_path}; last lines:\n  "
@@ -630,6 +655,14 @@ def _repo_root() -> Path:
     return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
+def _short(path: Path) -> str:
+    """``path`` relative to the working directory when that is shorter (commands stay readable)."""
+    rel = os.path.relpath(path)
+    if rel.count("..") > 2 or len(rel) >= len(str(path)):
+        return str(path)
+    return rel if "/" in rel else os.path.join(".", rel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench-chemprop",
@@ -647,9 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our optimizers, one `graphsam train` each (default adam graphsam)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--graphsam-args", default="", metavar="ARGS",
-                   help='extra `graphsam train` flags in one string, e.g. "--hidden 64 --layers 2"')
+                   help='extra `graphsam train` flags in one string, written with "=" so that a single flag '
+                        'works too: --graphsam-args="--hidden 64 --layers 2"')
     p.add_argument("--chemprop-args", default="", metavar="ARGS",
-                   help="extra `chemprop train` flags in one string (default none: chemprop's defaults)")
+                   help="extra `chemprop train` flags in one string, with \"=\" like --graphsam-args (default "
+                        "none: chemprop's defaults)")
     p.add_argument("--report", action="store_true", help="run nothing: aggregate the pieces already under --out")
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder of the MoleculeNet CSVs (default $GRAPHSAM_DATA_DIR, else ../shared/data/moleculenet "
@@ -674,19 +709,24 @@ def resolve_options(argv=None) -> argparse.Namespace:
         values = getattr(opts, flag)
         if len(set(values)) != len(values):
             raise BenchError(f"--{flag} lists a value twice: {' '.join(values)}")
-    for flag in ("graphsam_args", "chemprop_args"):
+    for flag, reserved in (("graphsam_args", GRAPHSAM_SET_BY_BENCH), ("chemprop_args", CHEMPROP_SET_BY_BENCH)):
+        option = "--" + flag.replace("_", "-")
         try:
-            shlex.split(getattr(opts, flag))
+            tokens = shlex.split(getattr(opts, flag))
         except ValueError as exc:
-            raise BenchError(f"--{flag.replace('_', '-')}: cannot split {getattr(opts, flag)!r} into flags ({exc})") from exc
+            raise BenchError(f"{option}: cannot split {getattr(opts, flag)!r} into flags ({exc})") from exc
+        taken = [t for t in tokens if t.split("=")[0] in reserved]
+        if taken:
+            raise BenchError(f"{option}: {taken[0]} is set by the bench itself (same for every contender); use the "
+                             "bench's own --datasets, --splits, --seeds, --epochs, --optimizers or --out instead")
     root = _repo_root()
     if opts.data_dir is None:
-        opts.data_dir = os.environ.get("GRAPHSAM_DATA_DIR") or str(root.parent / "shared" / "data" / "moleculenet")
+        opts.data_dir = os.environ.get("GRAPHSAM_DATA_DIR") or _short(root.parent / "shared" / "data" / "moleculenet")
     if opts.chemprop_venv is None:
-        opts.chemprop_venv = str(root / CHEMPROP_VENV_NAME)
+        opts.chemprop_venv = _short(root / CHEMPROP_VENV_NAME)
     if opts.graphsam is None:
-        beside = Path(sys.executable).with_name("graphsam")
-        opts.graphsam = str(beside) if beside.is_file() else shutil.which("graphsam")
+        beside = Path(sys.executable).parent / "graphsam"
+        opts.graphsam = _short(beside) if beside.is_file() else shutil.which("graphsam")
         if not opts.report and opts.graphsam is None:
             raise BenchError("no graphsam executable found beside this Python or on PATH; install the package "
                              "(make setup) or pass --graphsam PATH")
