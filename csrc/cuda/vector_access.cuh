@@ -55,7 +55,9 @@ __device__ __forceinline__ void load(const T* ptr, T (&out)[A::n]) {
     using V = Vec16<T>;
     static_assert(A::n % V::width == 0, "a pack is a whole number of 16-byte vectors");
 #pragma unroll
-    for (int c = 0; c < A::n / V::width; ++c) V::unpack(reinterpret_cast<const typename V::type*>(ptr)[c], out + c * V::width);
+    for (int c = 0; c < A::n / V::width; ++c) {
+      V::unpack(reinterpret_cast<const typename V::type*>(ptr)[c], out + c * V::width);
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < A::n; ++k) out[k] = ptr[k];
@@ -67,7 +69,9 @@ __device__ __forceinline__ void store(T* ptr, const T (&in)[A::n]) {
   if constexpr (A::vector) {
     using V = Vec16<T>;
 #pragma unroll
-    for (int c = 0; c < A::n / V::width; ++c) reinterpret_cast<typename V::type*>(ptr)[c] = V::pack(in + c * V::width);
+    for (int c = 0; c < A::n / V::width; ++c) {
+      reinterpret_cast<typename V::type*>(ptr)[c] = V::pack(in + c * V::width);
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < A::n; ++k) ptr[k] = in[k];
