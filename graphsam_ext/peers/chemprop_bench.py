@@ -582,14 +582,12 @@ class Bench:
         if cached is not None:
             self.log(f"  chemprop: cached in {piece_dir}")
             return cached
-        self.ensure_chemprop()
-        notes = []
-        warmup = []
+        notes, warmup = [], []
         if o.epochs <= CHEMPROP_DEFAULT_WARMUP and "--warmup-epochs" not in o.chemprop_args:
             warmup = ["--warmup-epochs", str(o.epochs - 1)]
             notes.append(f"chemprop refuses --epochs <= its warm-up ({CHEMPROP_DEFAULT_WARMUP} epochs): its warm-up "
                          f"was shortened to {o.epochs - 1} epoch(s) for this {o.epochs}-epoch budget")
-        per_seed, commands, wall = {}, {}, 0.0
+        per_seed, commands = {}, {}
         for seed, rep in zip(o.seeds, replicates):
             seed_dir = piece_dir / f"seed{seed}"
             result_path = seed_dir / "result.json"
@@ -610,15 +608,16 @@ class Bench:
             plain = [str(self.venv / "bin" / "chemprop"), *args]
             self.log(f"  chemprop seed {seed}: {shlex.join(plain)}")
             cmd = [str(self.venv / "bin" / "python"), str(LAUNCHER), str(seed_dir / "timing.json"), *args]
-            wall += _run_logged(cmd, seed_dir / "chemprop.log", f"chemprop train ({dataset}, {split}, seed {seed})")
-            entry = read_chemprop_seed(seed_dir, data, rep, seed)
+            wall = _run_logged(cmd, seed_dir / "chemprop.log", f"chemprop train ({dataset}, {split}, seed {seed})")
+            entry = {**read_chemprop_seed(seed_dir, data, rep, seed), "process_seconds": wall}
             _write_json(result_path, {"request": seed_request, "command": plain, "result": entry})
             per_seed[str(seed)], commands[str(seed)] = entry, plain
         version = next((e["chemprop_version"] for e in per_seed.values() if e.get("chemprop_version")), None)
         label = f"chemprop {version}" if version else "chemprop"
         piece = {"contender": CHEMPROP, "label": f"{label} (default D-MPNN)",
                  "dataset": dataset, "split": split, "task_type": data.task_type, "metric": METRIC[data.task_type],
-                 "epochs": o.epochs, "request": request, "commands": commands, "wall_seconds": wall,
+                 "epochs": o.epochs, "request": request, "commands": commands,
+                 "wall_seconds": sum(e.get("process_seconds") or 0.0 for e in per_seed.values()),
                  "num_molecules": len(data), "notes": notes,
                  "torch_threads": next((e.get("torch_threads") for e in per_seed.values()), None),
                  "per_seed": per_seed}
@@ -640,6 +639,7 @@ class Bench:
 
     def run(self) -> list[dict]:
         o, pieces = self.opts, []
+        self.ensure_chemprop()
         for dataset in o.datasets:
             for split in o.splits:
                 self.log(f"{dataset}, {split}:")
