@@ -36,7 +36,7 @@ def _small(**kw):
     return MolecularGraphTransformer(ModelConfig(**cfg))
 
 
-@pytest.mark.parametrize("readout", ["mean", "sum", "attention"])
+@pytest.mark.parametrize("readout", ["mean_sum", "mean", "sum", "attention"])
 def test_output_shape_and_finite(readout):
     torch.manual_seed(0)
     model = _small(readout=readout)
@@ -45,7 +45,7 @@ def test_output_shape_and_finite(readout):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("readout", ["mean", "sum", "attention"])
+@pytest.mark.parametrize("readout", ["mean_sum", "mean", "sum", "attention"])
 def test_molecules_do_not_influence_each_other(readout):
     """A molecule's prediction is the same alone or batched with others."""
     torch.manual_seed(0)
@@ -64,11 +64,15 @@ def test_gradients_reach_every_parameter():
     assert not missing
 
 
-def test_default_size_is_one_to_three_million_parameters():
+def test_library_default_model_is_the_command_line_default():
     from graphsam_ext.data import ATOM_FEATURE_DIM
+    from graphsam_ext.train import TrainConfig
 
-    model = MolecularGraphTransformer(atom_dim=ATOM_FEATURE_DIM, edge_dim=BOND_FEATURE_DIM, num_tasks=1)
-    assert 1_000_000 <= model.num_parameters() <= 3_000_000
+    lib = ModelConfig(atom_dim=ATOM_FEATURE_DIM, edge_dim=BOND_FEATURE_DIM, num_tasks=1)
+    cli = ModelConfig(atom_dim=ATOM_FEATURE_DIM, edge_dim=BOND_FEATURE_DIM, num_tasks=1, **TrainConfig().model_kwargs())
+    assert lib == cli
+    # the searched default (docs/model.md): small enough to train faster than chemprop's D-MPNN
+    assert 50_000 <= MolecularGraphTransformer(lib).num_parameters() <= 200_000
 
 
 def _pair_graph(num_atoms, pairs, bins):
@@ -108,7 +112,7 @@ def test_pair_mode_uses_a_learned_distance_bias():
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="divisible by heads"):
         ModelConfig(atom_dim=4, edge_dim=4, num_tasks=1, hidden=30, heads=4)
-    with pytest.raises(ValueError, match="readout must be one of mean, sum, attention"):
+    with pytest.raises(ValueError, match="readout must be one of mean_sum, mean, sum, attention"):
         ModelConfig(atom_dim=4, edge_dim=4, num_tasks=1, readout="max")
     with pytest.raises(ValueError, match="distance_bins"):
         ModelConfig(atom_dim=4, edge_dim=4, num_tasks=1, attention="pairs")
@@ -150,3 +154,30 @@ def test_mean_and_sum_readouts():
     torch.testing.assert_close(Readout("sum", 3)(h, batch, 2), torch.stack([h[0], h[1:].sum(0)]))
     torch.testing.assert_close(Readout("mean", 3)(h, batch, 2), torch.stack([h[0], h[1:].mean(0)]))
     assert not math.isnan(Readout("mean", 3)(h, batch, 3)[2].sum().item())
+
+
+def test_mean_sum_readout_is_the_mean_beside_the_scaled_sum():
+    from graphsam_ext.models.readout import SUM_SCALE
+
+    h = torch.randn(7, 3)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    out = Readout("mean_sum", 3)(h, batch, 3)
+    assert out.shape == (3, 6)
+    torch.testing.assert_close(out[0], torch.cat([h[:3].mean(0), h[:3].sum(0) / SUM_SCALE]))
+    torch.testing.assert_close(out[1], torch.cat([h[3:].mean(0), h[3:].sum(0) / SUM_SCALE]))
+    assert torch.equal(out[2], torch.zeros(6))  # a molecule without atoms
+
+
+def test_descriptors_reach_the_head_and_are_required():
+    torch.manual_seed(0)
+    mols = _molecules()
+    model = _small(mol_dim=3)
+    for g in mols:
+        g.mol_features = torch.randn(3)
+    batch = collate(mols)
+    out = model(batch)
+    batch.mol_features = batch.mol_features + 1.0
+    assert not torch.allclose(model(batch), out)
+    batch.mol_features = None
+    with pytest.raises(ValueError, match="descriptors=True"):
+        model(batch)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from graphsam_ext.errors import UserError
 from graphsam_ext.train import (
     OPTIMIZER_NAMES,
     StepSchedule,
@@ -190,8 +191,9 @@ def test_unknown_optimizer_lists_the_choices():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="split must be one of random, scaffold, balanced_scaffold"):
+    with pytest.raises(UserError, match="choose one of random, scaffold, balanced-scaffold"):
         TrainConfig(split="cluster")
+    assert TrainConfig(split="scaffold_balanced").split == "balanced_scaffold"  # chemprop's spelling
     with pytest.raises(ValueError, match="summing to 1"):
         TrainConfig(split_fractions=(0.8, 0.1, 0.2))
     assert TrainConfig(split="balanced-scaffold").split == "balanced_scaffold"

@@ -21,7 +21,7 @@ def rdkit_modules() -> types.SimpleNamespace:
     """
     try:
         from rdkit import Chem, RDConfig, rdBase
-        from rdkit.Chem import rdPartialCharges
+        from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors, rdPartialCharges
         from rdkit.Chem.Scaffolds import MurckoScaffold
     except ImportError as exc:
         raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
@@ -30,6 +30,9 @@ def rdkit_modules() -> types.SimpleNamespace:
         RDConfig=RDConfig,
         rdBase=rdBase,
         rdPartialCharges=rdPartialCharges,
+        Crippen=Crippen,
+        Descriptors=Descriptors,
+        rdMolDescriptors=rdMolDescriptors,
         MurckoScaffold=MurckoScaffold,
     )
 

@@ -38,6 +38,7 @@ class BatchGraph:
     num_graphs: G
     y, mask:    (G, T) float32 labels and bool presence mask
     smiles:     list of G SMILES strings
+    mol_features: (G, D) float32 molecule descriptors, or None (graphs featurized without them)
     """
 
     x: torch.Tensor
@@ -52,6 +53,7 @@ class BatchGraph:
     y: torch.Tensor
     mask: torch.Tensor
     smiles: list
+    mol_features: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -127,7 +129,18 @@ def collate(items: Sequence) -> BatchGraph:
         y=torch.stack([item.y for item in items]),
         mask=torch.stack([item.mask for item in items]),
         smiles=[item.smiles for item in items],
+        mol_features=_stack_mol_features(graphs),
     )
+
+
+def _stack_mol_features(graphs):
+    have = [g.mol_features is not None for g in graphs]
+    if not any(have):
+        return None
+    if not all(have):
+        raise ValueError("collate: some graphs have molecule descriptors (mol_features) and some do not; featurize "
+                         "every molecule with the same Featurizer")
+    return torch.stack([g.mol_features for g in graphs])
 
 
 def make_loader(

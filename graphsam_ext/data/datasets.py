@@ -21,10 +21,11 @@ from graphsam_ext.data._rdkit import rdkit_version
 from graphsam_ext.data.batch import MoleculeItem
 from graphsam_ext.data.featurize import Featurizer, parse_smiles
 from graphsam_ext.data.graph import Graph
+from graphsam_ext.errors import UserError
 
 TASK_TYPES = ("classification", "regression")
 # Bump when the cache layout or the CSV interpretation changes: part of every cache key.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Cells read as a missing label besides the empty string (what pandas and R write for NaN).
 _MISSING = {"", "nan", "na", "n/a", "null", "none"}
 # Columns that identify a row rather than measure something; never picked as default targets.
@@ -41,9 +42,11 @@ class MoleculeDataset(torch.utils.data.Dataset):
     node_ptr:   (M + 1,) int64; molecule i owns atoms node_ptr[i]:node_ptr[i + 1]
     edge_ptr:   (M + 1,) int64; molecule i owns edges edge_ptr[i]:edge_ptr[i + 1]
     y:          (M, T) float32 labels, 0 where missing; mask: (M, T) bool, True = label present
+    mol_features: (M, D) float32 molecule descriptors, or None (featurizer without descriptors)
     """
 
-    def __init__(self, x, edge_index, edge_attr, node_ptr, edge_ptr, y, mask, smiles, task_names, task_type, summary, featurizer):
+    def __init__(self, x, edge_index, edge_attr, node_ptr, edge_ptr, y, mask, smiles, task_names, task_type, summary,
+                 featurizer, mol_features=None):
         self.x = x
         self.edge_index = edge_index
         self.edge_attr = edge_attr
@@ -56,6 +59,7 @@ class MoleculeDataset(torch.utils.data.Dataset):
         self.task_type = task_type
         self.summary = summary
         self.featurizer = featurizer
+        self.mol_features = mol_features
 
     @classmethod
     def from_graphs(cls, graphs, y, mask, smiles, task_names, task_type, summary, featurizer) -> "MoleculeDataset":
@@ -68,6 +72,7 @@ class MoleculeDataset(torch.utils.data.Dataset):
             torch.cat([g.edge_index for g in graphs], dim=1),
             torch.cat([g.edge_attr for g in graphs]),
             node_ptr, edge_ptr, y, mask, smiles, task_names, task_type, summary, featurizer,
+            torch.stack([g.mol_features for g in graphs]) if graphs and graphs[0].mol_features is not None else None,
         )
 
     def __len__(self) -> int:
@@ -81,7 +86,8 @@ class MoleculeDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} molecules")
         n0, n1 = int(self.node_ptr[i]), int(self.node_ptr[i + 1])
         e0, e1 = int(self.edge_ptr[i]), int(self.edge_ptr[i + 1])
-        graph = Graph(self.x[n0:n1], self.edge_index[:, e0:e1], self.edge_attr[e0:e1])
+        graph = Graph(self.x[n0:n1], self.edge_index[:, e0:e1], self.edge_attr[e0:e1],
+                      None if self.mol_features is None else self.mol_features[i])
         return MoleculeItem(graph, self.y[i], self.mask[i], self.smiles[i])
 
     @property
@@ -98,6 +104,7 @@ class MoleculeDataset(torch.utils.data.Dataset):
             "edge_ptr": self.edge_ptr,
             "y": self.y,
             "mask": self.mask,
+            "mol_features": self.mol_features,
             "smiles": self.smiles,
             "task_names": self.task_names,
             "task_type": self.task_type,
@@ -136,10 +143,10 @@ def load_dataset(
     featurizer: a Featurizer (default ``Featurizer()``).
     """
     if name is not None and path is not None:
-        raise ValueError("load_dataset: pass either name= (a known dataset) or path= (a CSV file), not both")
+        raise UserError("load_dataset: pass either name= (a known dataset) or path= (a CSV file), not both")
     featurizer = Featurizer() if featurizer is None else featurizer
     if task_type is not None and task_type not in TASK_TYPES:
-        raise ValueError(f"task_type must be one of {TASK_TYPES} or None (infer), got {task_type!r}")
+        raise UserError(f"task_type must be one of {TASK_TYPES} or None (infer), got {task_type!r}")
     if isinstance(target_columns, str):
         target_columns = [target_columns]
 
@@ -154,7 +161,7 @@ def load_dataset(
     else:
         key = str(name).lower()
         if key not in sources.DATASETS:
-            raise ValueError(f"unknown dataset name {name!r}; choose one of {', '.join(sources.DATASET_NAMES)} or pass path=<file.csv>")
+            raise UserError(f"unknown dataset name {name!r}; choose one of {', '.join(sources.DATASET_NAMES)} or pass path=<file.csv>")
         spec, csv_path = sources.resolve_named(key, data_dir=data_dir, cache_dir=cache_dir)
         files, label = [csv_path], key
         smiles_column = smiles_column or spec.smiles_column
@@ -204,7 +211,7 @@ def _read_csv(path: Path):
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: the file is empty; expected a header row with a SMILES column and target columns")
+            raise UserError(f"{path}: the file is empty; expected a header row with a SMILES column and target columns")
         rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     return [cell.strip() for cell in header], rows
 
@@ -212,14 +219,14 @@ def _read_csv(path: Path):
 def _pick_smiles_column(header, requested, source) -> int:
     if requested is not None:
         if requested not in header:
-            raise ValueError(f"{source}: smiles_column={requested!r} is not a column; available columns: {header}")
+            raise UserError(f"{source}: smiles_column={requested!r} is not a column; available columns: {header}")
         return header.index(requested)
     exact = [i for i, column in enumerate(header) if column.lower() == "smiles"]
     loose = [i for i, column in enumerate(header) if "smiles" in column.lower()]
     for found in (exact, loose):
         if len(found) == 1:
             return found[0]
-    raise ValueError(f"{source}: cannot tell which column holds SMILES; pass smiles_column= (available columns: {header})")
+    raise UserError(f"{source}: cannot tell which column holds SMILES; pass smiles_column= (available columns: {header})")
 
 
 def _is_number(text: str) -> bool:
@@ -234,9 +241,9 @@ def _pick_target_columns(header, rows, smiles_index, requested, source) -> list[
     if requested is not None:
         missing = [column for column in requested if column not in header]
         if missing:
-            raise ValueError(f"{source}: target column(s) {missing} not found; available columns: {header}")
+            raise UserError(f"{source}: target column(s) {missing} not found; available columns: {header}")
         if not requested:
-            raise ValueError(f"{source}: target_columns is empty; name at least one of {header}")
+            raise UserError(f"{source}: target_columns is empty; name at least one of {header}")
         return [header.index(column) for column in requested]
     chosen = []
     for j, column in enumerate(header):
@@ -248,7 +255,7 @@ def _pick_target_columns(header, rows, smiles_index, requested, source) -> list[
         if first is not None and _is_number(first):
             chosen.append(j)
     if not chosen:
-        raise ValueError(f"{source}: no numeric target column found; pass target_columns= (available columns: {header})")
+        raise UserError(f"{source}: no numeric target column found; pass target_columns= (available columns: {header})")
     return chosen
 
 
@@ -267,7 +274,7 @@ def _parse_labels(rows, header, smiles_index, target_indices, source):
                 value = math.nan
             if not math.isfinite(value):
                 smiles = row[smiles_index] if smiles_index < len(row) else ""
-                raise ValueError(
+                raise UserError(
                     f"{source}: line {line} (SMILES {smiles.strip()!r}) has non-numeric value {text!r} in target "
                     f"column {header[j]!r}; targets must be numbers, or blank for a missing label"
                 )
@@ -283,7 +290,7 @@ def _infer_task_type(values, mask, requested, header, target_indices, rows, sour
         return "classification" if binary and present.numel() > 0 else "regression"
     if requested == "classification" and not binary:
         r, t = [int(v) for v in torch.nonzero(mask & (values != 0) & (values != 1))[0]]
-        raise ValueError(
+        raise UserError(
             f"{source}: task_type='classification' needs labels 0/1, but line {rows[r][0]} has "
             f"{values[r, t].item()} in column {header[target_indices[t]]!r}; use task_type='regression'"
         )
@@ -292,7 +299,7 @@ def _infer_task_type(values, mask, requested, header, target_indices, rows, sour
 
 def _build(rows, header, source, smiles_column, target_columns, task_type, featurizer) -> MoleculeDataset:
     if not rows:
-        raise ValueError(f"{source}: no data rows below the header; the dataset is empty")
+        raise UserError(f"{source}: no data rows below the header; the dataset is empty")
     smiles_index = _pick_smiles_column(header, smiles_column, source)
     target_indices = _pick_target_columns(header, rows, smiles_index, target_columns, source)
     values, mask = _parse_labels(rows, header, smiles_index, target_indices, source)
@@ -310,7 +317,7 @@ def _build(rows, header, source, smiles_column, target_columns, task_type, featu
         smiles_kept.append(smiles)
     if not graphs:
         shown = "; ".join(f"line {e['line']} {e['smiles']!r}: {e['reason']}" for e in invalid[:_MAX_REPORTED_INVALID])
-        raise ValueError(
+        raise UserError(
             f"{source}: none of the {len(rows)} SMILES in column {header[smiles_index]!r} could be read by RDKit "
             f"{rdkit_version()} (first failures: {shown}); check that smiles_column= names the SMILES column"
         )
@@ -374,6 +381,7 @@ def _load_cached(cache_file: Path, featurizer) -> MoleculeDataset | None:
     return MoleculeDataset(
         state["x"], state["edge_index"], state["edge_attr"], state["node_ptr"], state["edge_ptr"],
         state["y"], state["mask"], state["smiles"], state["task_names"], state["task_type"], summary, featurizer,
+        state.get("mol_features"),
     )
 
 

@@ -13,6 +13,12 @@ distance is at most K (or every pair, ``"all"``) becomes an edge. Their features
 zeros for pairs that are not bonded, ``bins = K`` for an integer K and ``max_distance_bins``
 for ``"all"`` (its last bin then means "at least that far"), and ``disconnected`` marks atoms
 in different fragments of a salt or mixture (no path between them).
+
+Optional molecule descriptors (``descriptors=True``): the ``MOL_DESCRIPTORS`` of ``graph.py``
+(Crippen logP and molar refractivity, TPSA, weight, counts of atoms, donors, acceptors, rotatable
+bonds, rings, heteroatoms, fraction sp3, Labute ASA, net charge), each over a fixed scale and
+clipped; the model concatenates them to the pooled graph vector before its head (chemprop's
+``--features-generators`` idea, with a small set that costs little to compute).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numbers
 import numpy as np
 import torch
 
+from graphsam_ext.errors import UserError
 from graphsam_ext.data._rdkit import rdkit_modules
 from graphsam_ext.data.graph import (
     ATOM_FEATURE_DIM,
@@ -30,6 +37,9 @@ from graphsam_ext.data.graph import (
     BOND_FEATURE_DIM,
     BOND_FLAGS,
     BOND_ONE_HOT,
+    DESCRIPTOR_CLIP,
+    MOL_DESCRIPTOR_DIM,
+    MOL_DESCRIPTORS,
     Graph,
 )
 
@@ -89,7 +99,7 @@ def _check_pair_distance(pair_distance):
         return pair_distance
     if isinstance(pair_distance, numbers.Integral) and not isinstance(pair_distance, bool) and pair_distance >= 0:
         return int(pair_distance) or None
-    raise ValueError(
+    raise UserError(
         f"pair_distance must be None or 0 (bonds only), a positive integer K (atom pairs within "
         f"K bonds) or 'all' (every atom pair); got {pair_distance!r}"
     )
@@ -101,12 +111,16 @@ class Featurizer:
     pair_distance: None / 0 for bond edges only; K >= 1 for edges between atoms at most K bonds
         apart; "all" for every atom pair of the molecule.
     max_distance_bins: number of distance bins for ``pair_distance="all"``.
+    descriptors: also compute the molecule descriptors (``Graph.mol_features``).
     """
 
-    def __init__(self, pair_distance=None, max_distance_bins: int = 10):
+    def __init__(self, pair_distance=None, max_distance_bins: int = 10, descriptors: bool = False):
         self.pair_distance = _check_pair_distance(pair_distance)
+        if not isinstance(descriptors, bool):
+            raise UserError(f"descriptors must be True or False, got {descriptors!r}")
+        self.descriptors = descriptors
         if not isinstance(max_distance_bins, numbers.Integral) or isinstance(max_distance_bins, bool) or max_distance_bins < 1:
-            raise ValueError(f"max_distance_bins must be a positive integer, got {max_distance_bins!r}")
+            raise UserError(f"max_distance_bins must be a positive integer, got {max_distance_bins!r}")
         self.max_distance_bins = int(max_distance_bins)
 
     @property
@@ -119,6 +133,11 @@ class Featurizer:
         if self.pair_distance is None:
             return 0
         return self.pair_distance if isinstance(self.pair_distance, int) else self.max_distance_bins
+
+    @property
+    def mol_dim(self) -> int:
+        """Width of ``Graph.mol_features`` (0 without descriptors)."""
+        return MOL_DESCRIPTOR_DIM if self.descriptors else 0
 
     @property
     def edge_dim(self) -> int:
@@ -135,21 +154,25 @@ class Featurizer:
             "edge_dim": self.edge_dim,
             "pair_distance": self.pair_distance,
             "max_distance_bins": self.max_distance_bins,
+            "descriptors": self.descriptors,
+            "mol_dim": self.mol_dim,
         }
 
     @classmethod
     def from_config(cls, config: dict) -> "Featurizer":
         """Rebuild the featurizer a checkpoint was trained with; refuses other feature sets."""
         if config.get("name") != FEATURIZER_NAME or config.get("version") != FEATURIZER_VERSION:
-            raise ValueError(
+            raise UserError(
                 f"config describes featurizer {config.get('name')!r} version {config.get('version')!r}, "
                 f"but this installation has {FEATURIZER_NAME!r} version {FEATURIZER_VERSION}: "
                 "re-featurize with a matching graphsam-ext version"
             )
-        return cls(pair_distance=config.get("pair_distance"), max_distance_bins=config.get("max_distance_bins", 10))
+        return cls(pair_distance=config.get("pair_distance"), max_distance_bins=config.get("max_distance_bins", 10),
+                   descriptors=bool(config.get("descriptors", False)))
 
     def __repr__(self) -> str:
-        return f"Featurizer(pair_distance={self.pair_distance!r}, max_distance_bins={self.max_distance_bins})"
+        return (f"Featurizer(pair_distance={self.pair_distance!r}, max_distance_bins={self.max_distance_bins}, "
+                f"descriptors={self.descriptors})")
 
     def __call__(self, smiles: str) -> Graph | None:
         """The graph of ``smiles``, or None when RDKit cannot parse or sanitize it."""
@@ -172,6 +195,7 @@ class Featurizer:
             x=torch.from_numpy(x),
             edge_index=torch.from_numpy(edge_index.astype(np.int64, copy=False)).reshape(2, -1),
             edge_attr=torch.from_numpy(np.ascontiguousarray(edge_attr, dtype=np.float32)).reshape(-1, self.edge_dim),
+            mol_features=torch.from_numpy(mol_descriptors(mol)) if self.descriptors else None,
         )
 
     def _pair_edges(self, mol, bond_src, bond_dst, bond_attr):
@@ -199,6 +223,31 @@ class Featurizer:
         attr[np.nonzero(pair_connected)[0], BOND_FEATURE_DIM + d] = 1.0
         attr[~pair_connected, BOND_FEATURE_DIM + 1 + bins] = 1.0
         return np.stack([src, dst]), attr
+
+
+def mol_descriptors(mol) -> np.ndarray:
+    """(MOL_DESCRIPTOR_DIM,) float32 scaled, clipped descriptors of an RDKit molecule (graph.py)."""
+    rd = rdkit_modules()
+    desc, rdm = rd.Descriptors, rd.rdMolDescriptors
+    raw = {
+        "crippen_logp": rd.Crippen.MolLogP(mol),
+        "crippen_mr": rd.Crippen.MolMR(mol),
+        "tpsa": rdm.CalcTPSA(mol),
+        "mol_weight": desc.MolWt(mol),
+        "heavy_atoms": mol.GetNumHeavyAtoms(),
+        "h_donors": rdm.CalcNumHBD(mol),
+        "h_acceptors": rdm.CalcNumHBA(mol),
+        "rotatable_bonds": rdm.CalcNumRotatableBonds(mol),
+        "rings": rdm.CalcNumRings(mol),
+        "aromatic_rings": rdm.CalcNumAromaticRings(mol),
+        "heteroatoms": rdm.CalcNumHeteroatoms(mol),
+        "fraction_csp3": rdm.CalcFractionCSP3(mol),
+        "labute_asa": rdm.CalcLabuteASA(mol),
+        "formal_charge": sum(a.GetFormalCharge() for a in mol.GetAtoms()),
+    }
+    values = np.array([raw[name] / scale for name, scale in MOL_DESCRIPTORS], dtype=np.float64)
+    return np.clip(np.nan_to_num(values, nan=0.0, posinf=DESCRIPTOR_CLIP, neginf=-DESCRIPTOR_CLIP),
+                   -DESCRIPTOR_CLIP, DESCRIPTOR_CLIP).astype(np.float32)
 
 
 def parse_smiles(smiles) -> tuple:

@@ -48,6 +48,28 @@ BOND_ONE_HOT = (
 )
 BOND_FLAGS = ("is_conjugated", "is_in_ring")
 
+# Molecule-level RDKit descriptors (``Featurizer(descriptors=True)``), each divided by a fixed
+# scale so that drug-like values are of order one, then clipped to [-DESCRIPTOR_CLIP, DESCRIPTOR_CLIP].
+# Fixed scales, not statistics of a training split: a checkpoint's features never depend on data.
+MOL_DESCRIPTORS = (
+    ("crippen_logp", 5.0),
+    ("crippen_mr", 100.0),
+    ("tpsa", 100.0),
+    ("mol_weight", 500.0),
+    ("heavy_atoms", 50.0),
+    ("h_donors", 5.0),
+    ("h_acceptors", 10.0),
+    ("rotatable_bonds", 10.0),
+    ("rings", 5.0),
+    ("aromatic_rings", 5.0),
+    ("heteroatoms", 10.0),
+    ("fraction_csp3", 1.0),
+    ("labute_asa", 200.0),
+    ("formal_charge", 2.0),
+)
+MOL_DESCRIPTOR_DIM = len(MOL_DESCRIPTORS)
+DESCRIPTOR_CLIP = 5.0
+
 
 def _one_hot_width(blocks) -> int:
     return sum(len(choices) + 1 for _, choices in blocks)
@@ -64,11 +86,13 @@ class Graph:
     x:          (num_atoms, atom_dim) float32 atom features
     edge_index: (2, num_edges) int64; row 0 = source atom, row 1 = destination atom
     edge_attr:  (num_edges, edge_dim) float32 edge features (see ``Featurizer.edge_dim``)
+    mol_features: (MOL_DESCRIPTOR_DIM,) float32 molecule descriptors, or None (featurized without)
     """
 
     x: torch.Tensor
     edge_index: torch.Tensor
     edge_attr: torch.Tensor
+    mol_features: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from graphsam_ext.data._rdkit import rdkit_modules
+from graphsam_ext.errors import UserError
 
 SPLIT_KINDS = ("random", "scaffold", "balanced_scaffold")
 
@@ -34,7 +35,7 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(
+        raise UserError(
             f"fractions must be three non-negative numbers (train, val, test) summing to 1, e.g. (0.8, 0.1, 0.1); got {fractions!r}"
         )
     return values
@@ -51,7 +52,7 @@ def scaffold_of(smiles: str) -> str:
     with rd.rdBase.BlockLogs():
         mol = rd.Chem.MolFromSmiles(smiles)
     if mol is None:
-        raise ValueError(f"cannot compute the scaffold of {smiles!r}: RDKit cannot parse it")
+        raise UserError(f"cannot compute the scaffold of {smiles!r}: RDKit cannot parse it")
     return rd.MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
 
 
@@ -76,7 +77,7 @@ def split_indices(dataset, kind: str = "random", fractions=(0.8, 0.1, 0.1), seed
     """
     kind = kind.replace("-", "_") if isinstance(kind, str) else kind  # the CLI spells it balanced-scaffold
     if kind not in SPLIT_KINDS:
-        raise ValueError(f"kind must be one of {SPLIT_KINDS}, got {kind!r}")
+        raise UserError(f"kind must be one of {SPLIT_KINDS}, got {kind!r}")
     f_train, f_val, _ = _check_fractions(fractions)
     n = len(dataset)
     if kind == "random":
@@ -132,5 +133,5 @@ def load_split(path) -> tuple[list[int], list[int], list[int]]:
     payload = json.loads(Path(path).read_text())
     missing = [key for key in ("train", "val", "test") if key not in payload]
     if missing:
-        raise ValueError(f"{path}: not a split file (keys {missing} missing); write it with save_split()")
+        raise UserError(f"{path}: not a split file (keys {missing} missing); write it with save_split()")
     return list(payload["train"]), list(payload["val"]), list(payload["test"])

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-READOUT_NAMES = ("mean", "sum", "attention")
+READOUT_NAMES = ("mean_sum", "mean", "sum", "attention")
+# The sum half of ``mean_sum`` is divided by this many atoms, so that it starts on the scale of
+# the mean for drug-like molecules (10 to 40 heavy atoms) instead of tens of times larger.
+SUM_SCALE = 10.0
 
 
 def _segment_sum(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
@@ -13,7 +16,11 @@ def _segment_sum(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch
 
 
 class Readout(nn.Module):
-    """``mean`` / ``sum`` of node states per graph, or ``attention`` pooling.
+    """``mean`` / ``sum`` of node states per graph, ``mean_sum``, or ``attention`` pooling.
+
+    mean_sum: [mean_i h_i | (sum_i h_i) / SUM_SCALE], (G, 2 hidden). The mean alone hides how big
+    a molecule is, the strongest single signal of solubility and lipophilicity; a raw sum carries
+    it but starts tens of times larger than the mean. ``out_dim`` gives the output width.
 
     Attention pooling: a_i = softmax over the atoms of its molecule of w^T h_i, out = sum_i a_i h_i.
     A molecule without atoms (possible after filtering) gives a zero vector.
@@ -25,14 +32,17 @@ class Readout(nn.Module):
             raise ValueError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {kind!r}")
         self.kind = kind
         self.gate = nn.Linear(hidden, 1) if kind == "attention" else None
+        self.out_dim = 2 * hidden if kind == "mean_sum" else hidden
 
     def forward(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        """h: (N, hidden); batch: (N,) graph index of each node -> (num_graphs, hidden)."""
+        """h: (N, hidden); batch: (N,) graph index of each node -> (num_graphs, out_dim)."""
         if self.kind == "sum":
             return _segment_sum(h, batch, num_graphs)
-        if self.kind == "mean":
+        if self.kind in ("mean", "mean_sum"):
+            total = _segment_sum(h, batch, num_graphs)
             counts = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(h.dtype)
-            return _segment_sum(h, batch, num_graphs) / counts.unsqueeze(-1)
+            mean = total / counts.unsqueeze(-1)
+            return mean if self.kind == "mean" else torch.cat([mean, total / SUM_SCALE], dim=-1)
         score = self.gate(h).squeeze(-1)
         # subtract each molecule's max score so exp() cannot overflow
         seg_max = torch.full((num_graphs,), float("-inf"), dtype=score.dtype, device=score.device)

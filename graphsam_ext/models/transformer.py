@@ -3,8 +3,8 @@
     h0 = AtomEmbed(x)                          x: (N, atom_dim) -> (N, hidden)
     e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
     h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l)      l = 1..L
-    g  = Readout(LayerNorm(h_L), batch)        (G, hidden)
-    out = MLP(g)                               (G, num_tasks): logits or standardized values
+    g  = Readout(LayerNorm(h_L), batch)        (G, readout width: hidden, or 2 hidden for mean_sum)
+    out = MLP([g | mol_features])              (G, num_tasks): logits or standardized values
 
 Attention runs over the edges of the batch's CSR: the bonds, or (``attention="pairs"``) every
 atom pair of a molecule within topological distance K as produced by a featurizer built with
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from graphsam_ext.errors import UserError
 from graphsam_ext.models.readout import READOUT_NAMES, Readout
 
 ATTENTION_NAMES = ("bonds", "pairs")
@@ -33,51 +34,56 @@ class ModelConfig:
     atom_dim / edge_dim: input feature widths (from the featurizer); num_tasks: outputs.
     hidden: node state width; layers: transformer layers; heads: attention heads (hidden must be
     divisible by heads); edge_hidden: width of the shared bond embedding; ffn_multiplier: the
-    feed-forward block's width over hidden; readout: mean / sum / attention; head_hidden: width
+    feed-forward block's width over hidden; readout: mean_sum / mean / sum / attention; head_hidden: width
     of the MLP head's hidden layer (default hidden); attention: bonds or pairs; distance_bins:
-    the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only).
+    the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only);
+    mol_dim: width of the molecule descriptors concatenated before the head
+    (``Featurizer.mol_dim``; 0: none).
     """
 
     atom_dim: int
     edge_dim: int
     num_tasks: int
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 8
-    edge_hidden: int = 64
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    edge_hidden: int = 32
     dropout: float = 0.1
     ffn_multiplier: int = 2
-    readout: str = "mean"
+    readout: str = "mean_sum"
     head_hidden: int | None = None
     attention: str = "bonds"
     distance_bins: int = 0
+    mol_dim: int = 0
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
                      "ffn_multiplier"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model {name} must be a positive integer, got {value!r}")
+                raise UserError(f"model {name} must be a positive integer, got {value!r}")
         if self.hidden % self.heads:
-            raise ValueError(
+            raise UserError(
                 f"model hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
                 f"try hidden={self.heads * max(1, round(self.hidden / self.heads))}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.mol_dim, int) or self.mol_dim < 0:
+            raise UserError(f"model mol_dim must be an integer >= 0 (Featurizer.mol_dim), got {self.mol_dim!r}")
         if self.readout not in READOUT_NAMES:
-            raise ValueError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {self.readout!r}")
+            raise UserError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {self.readout!r}")
         if self.attention not in ATTENTION_NAMES:
-            raise ValueError(
+            raise UserError(
                 f"attention must be one of {', '.join(ATTENTION_NAMES)}; got {self.attention!r}"
             )
         if self.attention == "pairs" and not (isinstance(self.distance_bins, int) and self.distance_bins >= 1):
-            raise ValueError(
+            raise UserError(
                 "attention='pairs' needs distance_bins >= 1: featurize with Featurizer(pair_distance=K) and "
                 "pass distance_bins=featurizer.distance_bins"
             )
         if self.attention == "pairs" and self.edge_dim < self.distance_bins + 2:
-            raise ValueError(
+            raise UserError(
                 f"edge_dim {self.edge_dim} is too small to hold {self.distance_bins} distance bins; "
                 "pass the featurizer's edge_dim and distance_bins"
             )
@@ -87,7 +93,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+            raise UserError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -126,7 +132,7 @@ class MolecularGraphTransformer(nn.Module):
         self.readout = Readout(c.readout, c.hidden)
         head_hidden = c.head_hidden or c.hidden
         self.head = nn.Sequential(
-            nn.Linear(c.hidden, head_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(head_hidden, c.num_tasks)
+            nn.Linear(self.readout.out_dim + c.mol_dim, head_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(head_hidden, c.num_tasks)
         )
 
     def num_parameters(self) -> int:
@@ -136,7 +142,7 @@ class MolecularGraphTransformer(nn.Module):
         """batch: a BatchGraph (x (N, atom_dim), edge_attr (E, edge_dim) in CSR order, rowptr,
         col, batch, num_graphs). Returns (G, num_tasks): logits or standardized values."""
         if batch.x.shape[-1] != self.config.atom_dim or batch.edge_attr.shape[-1] != self.config.edge_dim:
-            raise ValueError(
+            raise UserError(
                 f"batch features (atoms {batch.x.shape[-1]}, edges {batch.edge_attr.shape[-1]}) do not match "
                 f"the model's (atoms {self.config.atom_dim}, edges {self.config.edge_dim}); featurize with the "
                 "featurizer the model was built for"
@@ -147,7 +153,19 @@ class MolecularGraphTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, batch.rowptr, batch.col, e, None if biases is None else biases[i])
         g = self.readout(self.norm(h), batch.batch, batch.num_graphs)
+        if self.config.mol_dim:
+            g = torch.cat([g, self._mol_features(batch)], dim=-1)
         return self.head(g)
+
+    def _mol_features(self, batch) -> torch.Tensor:
+        feats = getattr(batch, "mol_features", None)
+        if feats is None or feats.shape != (batch.num_graphs, self.config.mol_dim):
+            got = None if feats is None else tuple(feats.shape)
+            raise UserError(
+                f"the model was built with {self.config.mol_dim} molecule descriptors but the batch has "
+                f"mol_features {got}; featurize with Featurizer(descriptors=True), as the model was trained"
+            )
+        return feats.to(self.head[0].weight.dtype)
 
     def _distance_biases(self, edge_attr: torch.Tensor):
         """Per-layer (E, heads) score biases from the one-hot distance block of the edges."""

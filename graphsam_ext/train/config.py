@@ -1,99 +1,197 @@
 """The configuration of a training run: one dataclass, stored as JSON in every run directory
-and every checkpoint so a run can be resumed and a result traced to its settings."""
+and every checkpoint so a run can be resumed and a result traced to its settings.
+
+It is the one source of the training options: every field carries its command-line flag, help
+text, choices and group in its metadata (see :func:`option`), and ``graphsam train`` /
+``graphsam compare`` build their parsers and help from it (``graphsam_ext.cli.options``). The
+defaults are the ones chosen by the search in ``docs/model.md``; ``train``, ``compare`` and
+``make run`` all build the same default model and differ only in ``COMMAND_DEFAULTS``.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from graphsam_ext.errors import UserError
 from graphsam_ext.models.readout import READOUT_NAMES
 from graphsam_ext.models.transformer import ATTENTION_NAMES
-from graphsam_ext.train.optimizers import check_optimizer_name
+from graphsam_ext.train.optimizers import OPTIMIZER_NAMES, check_optimizer_name
 from graphsam_ext.train.schedules import SCHEDULE_NAMES
 
 SPLIT_NAMES = ("random", "scaffold", "balanced_scaffold")
+# other spellings of the split names: the CLI's dashes and chemprop's --split-type values
+SPLIT_SPELLINGS = {"balanced-scaffold": "balanced_scaffold", "scaffold_balanced": "balanced_scaffold",
+                   "scaffold-balanced": "balanced_scaffold"}
+METRIC_NAMES = ("roc_auc", "prc_auc", "rmse", "mae")
+DATASET_CHOICES = ("bbbp", "tox21", "sider", "clintox", "esol", "lipophilicity", "default")
+# what differs between the subcommands: nothing but the optimizers they train by default
+COMMAND_DEFAULTS = {"train": {}, "compare": {"optimizers": ["adam", "sam", "graphsam"]}}
+
+
+def option(default, help: str, *, group: str, flags: tuple = (), choices=None, nargs=None, metavar=None,
+           parse=None):
+    """A dataclass field with its command-line option.
+
+    flags: the option strings, the first one canonical (default ``--<field-name>``); the others
+    are spellings of the same option (chemprop's, for users who bring their command lines).
+    parse: converts one command-line string; choices: listed in the help (and checked by the
+    dataclass, which also accepts the spellings ``parse`` maps to them).
+    """
+    meta = {"help": help, "group": group, "flags": tuple(flags), "choices": choices, "nargs": nargs,
+            "metavar": metavar, "parse": parse}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_split(text: str) -> str:
+    key = SPLIT_SPELLINGS.get(text, text)
+    if key not in SPLIT_NAMES:
+        raise UserError(f"split {text!r}: choose one of random, scaffold, balanced-scaffold "
+                        "(chemprop's scaffold_balanced is accepted too)")
+    return key
+
+
+def parse_pair_distance(text):
+    if text is None or isinstance(text, int) or text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--pair-distance must be a positive integer or 'all', got {text!r}") from None
+
+
+DATA, OPT, PROTO, MODEL = "data", "optimization", "protocol", "model"
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str | None = None
-    data_path: str | None = None
-    smiles_column: str | None = None
-    target_columns: list[str] | None = None
-    task_type: str | None = None
-    data_dir: str | None = None
-    split: str = "random"
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    pair_distance: int | str | None = None
+    dataset: str | None = option(None, "a named dataset (neither --dataset nor --data-path: the embedded "
+                                       "CHEMBL2321810 pIC50 set)", group=DATA, choices=DATASET_CHOICES,
+                                 metavar="NAME", parse=str)
+    data_path: str | None = option(None, "a CSV file with a SMILES column and target columns", group=DATA,
+                                   flags=("--data-path", "-i", "--data"), metavar="CSV")
+    smiles_column: str | None = option(None, "SMILES column of the CSV (default: a column named smiles)", group=DATA,
+                                       flags=("--smiles-column", "-s", "--smiles-columns"), metavar="COL")
+    target_columns: list[str] | None = option(None, "target columns of the CSV (default: every column except the "
+                                                    "SMILES column and ID-like ones)", group=DATA, nargs="+",
+                                              metavar="COL")
+    task_type: str | None = option(None, "task type (default: inferred from the targets)", group=DATA,
+                                   flags=("--task-type", "-t"), choices=("classification", "regression"))
+    data_dir: str | None = option(None, "directory holding the named datasets' CSV files (default: "
+                                        "$GRAPHSAM_DATA_DIR, then the cache)", group=DATA, metavar="DIR")
+    split: str = option("random", "how to split train / val / test: scaffold is MoleculeNet's (deterministic); "
+                                  "random and balanced-scaffold (chemprop's) change with the seed", group=DATA,
+                        flags=("--split", "--split-type"), choices=("random", "scaffold", "balanced-scaffold"),
+                        parse=parse_split)
+    split_fractions: tuple[float, float, float] = option((0.8, 0.1, 0.1), "train, val and test fractions, summing "
+                                                                          "to 1", group=DATA,
+                                                         flags=("--split-fractions", "--split-sizes"), nargs=3,
+                                                         metavar=("TRAIN", "VAL", "TEST"), parse=float)
     # optimization
-    optimizers: list[str] = field(default_factory=lambda: ["adam"])
-    lr: float = 1e-3
-    init_lr: float | None = None
-    final_lr: float | None = None
-    schedule: str = "paper"
-    warmup_epochs: float = 2.0
-    decay_epochs: float = 30.0
-    weight_decay: float = 0.0
-    rho: float = 0.05
-    beta: float = 0.99
-    gamma: float = 0.5
-    lam: int = 1
-    sam_every: int = 2
+    optimizers: list[str] = option(["adam"], "optimizer(s) to train, each on identical splits, weights and batches",
+                                   group=OPT, flags=("--optimizers", "--optimizer"), nargs="+",
+                                   choices=OPTIMIZER_NAMES, metavar="NAME", parse=str)
+    lr: float = option(1e-3, "peak learning rate", group=OPT, flags=("--lr", "--max-lr"), parse=float)
+    init_lr: float | None = option(None, "learning rate at the start of warm-up (default lr/10)", group=OPT,
+                                   parse=float)
+    final_lr: float | None = option(None, "learning rate at the end of the decay (default lr/10)", group=OPT,
+                                    parse=float)
+    schedule: str = option("paper", "learning-rate schedule: paper = warm-up, exponential decay to final-lr at "
+                                    "decay-epochs, flat", group=OPT, choices=SCHEDULE_NAMES)
+    warmup_epochs: float = option(2.0, "warm-up length in epochs", group=OPT, parse=float)
+    decay_epochs: float = option(30.0, "epoch at which the paper schedule reaches final-lr", group=OPT, parse=float)
+    weight_decay: float = option(0.0, "weight decay of the base optimizer", group=OPT, parse=float)
+    rho: float = option(0.05, "SAM / ASAM / GraphSAM neighbourhood size", group=OPT, parse=float)
+    beta: float = option(0.99, "GraphSAM: EMA smoothing of the perturbation direction", group=OPT, parse=float)
+    gamma: float = option(0.5, "GraphSAM: rho decay factor", group=OPT, parse=float)
+    lam: int = option(1, "GraphSAM: decay rho every LAM epochs", group=OPT, parse=int)
+    sam_every: int = option(2, "sam-k: a SAM step every k steps, base steps in between", group=OPT, parse=int)
     # protocol
-    epochs: int = 30
-    batch_size: int = 32
-    patience: int = 20
-    seeds: int = 3
-    first_seed: int = 0
-    metric: str | None = None
-    num_workers: int = 0
+    epochs: int = option(50, "maximum epochs", group=PROTO, parse=int)
+    batch_size: int = option(32, "molecules per batch", group=PROTO, parse=int)
+    patience: int = option(20, "early stop after this many epochs without validation improvement", group=PROTO,
+                           parse=int)
+    seeds: int = option(3, "number of seeds (each: split where random, initial weights, batch order)", group=PROTO,
+                        flags=("--seeds", "--num-replicates"), metavar="N", parse=int)
+    first_seed: int = option(0, "the first seed; seeds are S..S+N-1", group=PROTO, metavar="S", parse=int)
+    metric: str | None = option(None, "validation metric for model selection (default roc_auc / rmse by task type)",
+                                group=PROTO, choices=METRIC_NAMES)
+    num_workers: int = option(0, "DataLoader worker processes", group=PROTO, parse=int)
     # model (see graphsam_ext.models.ModelConfig)
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 8
-    edge_hidden: int = 64
-    dropout: float = 0.1
-    ffn_multiplier: int = 2
-    readout: str = "mean"
-    attention: str = "bonds"
+    hidden: int = option(64, "node state width", group=MODEL, parse=int)
+    layers: int = option(2, "transformer layers", group=MODEL, parse=int)
+    heads: int = option(4, "attention heads", group=MODEL, parse=int)
+    edge_hidden: int = option(32, "bond embedding width", group=MODEL, parse=int)
+    dropout: float = option(0.1, "dropout", group=MODEL, parse=float)
+    ffn_multiplier: int = option(2, "feed-forward width over hidden", group=MODEL, parse=int)
+    readout: str = option("mean_sum", "graph readout: mean_sum = [mean | sum / 10] of the atom states", group=MODEL,
+                          choices=READOUT_NAMES)
+    attention: str = option("bonds", "attend over bonds, or over atom pairs within --pair-distance with a learned "
+                                     "distance bias", group=MODEL, choices=ATTENTION_NAMES)
+    pair_distance: int | str | None = option(None, "pairs mode: largest topological distance of a pair edge, or "
+                                                   "'all' (default 3 in pairs mode)", group=MODEL, metavar="K",
+                                             parse=parse_pair_distance)
+    descriptors: bool = option(False, "concatenate molecule-level RDKit descriptors to the pooled graph vector",
+                               group=MODEL)
 
     def __post_init__(self):
-        self.split = self.split.replace("-", "_")
-        if self.split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}; got {self.split!r}")
+        try:
+            self._check()
+        except UserError:
+            raise
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _check(self) -> None:
+        self.split = parse_split(self.split)
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or not math.isclose(
             sum(self.split_fractions), 1.0, abs_tol=1e-6
         ):
-            raise ValueError(
+            raise UserError(
                 f"split fractions must be three non-negative numbers summing to 1 (train val test), "
                 f"got {self.split_fractions}"
             )
+        if self.dataset is not None:
+            name = self.dataset.strip().lower()
+            if name not in DATASET_CHOICES:
+                raise UserError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}")
+            self.dataset = name
         if not self.optimizers:
-            raise ValueError("optimizers must name at least one optimizer")
+            raise UserError("optimizers must name at least one optimizer")
         self.optimizers = [check_optimizer_name(o) for o in self.optimizers]
         if len(set(self.optimizers)) != len(self.optimizers):
-            raise ValueError(f"optimizers are listed twice: {self.optimizers}")
-        if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}; got {self.schedule!r}")
-        if self.readout not in READOUT_NAMES:
-            raise ValueError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {self.readout!r}")
-        if self.attention not in ATTENTION_NAMES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_NAMES)}; got {self.attention!r}")
+            raise UserError(f"optimizers are listed twice: {self.optimizers}")
+        for name in ("schedule", "readout", "attention", "metric", "task_type"):
+            choices = self.choices(name)
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        self.pair_distance = parse_pair_distance(self.pair_distance)
         if self.attention == "pairs" and self.pair_distance is None:
             self.pair_distance = 3
         if self.attention != "pairs" and self.pair_distance is not None:
-            raise ValueError("pair_distance only applies to attention='pairs' (--attention pairs); drop it or "
-                             "switch the attention mode")
+            raise UserError("pair_distance only applies to attention='pairs' (--attention pairs); drop it or "
+                            "switch the attention mode")
         for name in ("epochs", "batch_size", "seeds", "patience"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.first_seed < 0:
-            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
-        if self.task_type not in (None, "classification", "regression"):
-            raise ValueError(f"task_type must be classification or regression, got {self.task_type!r}")
+            raise UserError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.dataset is not None and self.data_path is not None:
-            raise ValueError("give either a dataset name (--dataset) or a CSV file (--data), not both")
+            raise UserError("give either a dataset name (--dataset) or a CSV file (--data-path), not both")
+
+    @classmethod
+    def choices(cls, name: str) -> tuple:
+        """The allowed values of a field (its metadata), e.g. ``TrainConfig.choices("readout")``."""
+        return tuple(_FIELDS[name].metadata["choices"] or ())
+
+    @classmethod
+    def default(cls, name: str):
+        f = _FIELDS[name]
+        return f.default_factory() if f.default is MISSING else f.default
 
     @property
     def seed_list(self) -> list[int]:
@@ -120,8 +218,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - set(_FIELDS))
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}")
+            raise UserError(f"unknown training config keys {unknown}")
         return cls(**d)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}

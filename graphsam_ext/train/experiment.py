@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from graphsam_ext import __version__
+from graphsam_ext.errors import UserError
 from graphsam_ext.train.config import TrainConfig
 from graphsam_ext.train.loop import SeedRun, SplitData
 from graphsam_ext.train.metrics import HIGHER_IS_BETTER, metric_names
@@ -36,7 +37,8 @@ def load_data(cfg: TrainConfig):
     """The dataset named by ``cfg`` (a CSV, a MoleculeNet name, or the embedded default)."""
     from graphsam_ext.data import Featurizer, load_dataset
 
-    featurizer = Featurizer(pair_distance=cfg.pair_distance if cfg.attention == "pairs" else None)
+    featurizer = Featurizer(pair_distance=cfg.pair_distance if cfg.attention == "pairs" else None,
+                            descriptors=cfg.descriptors)
     return load_dataset(
         name=cfg.dataset, path=cfg.data_path, smiles_column=cfg.smiles_column,
         target_columns=cfg.target_columns, task_type=cfg.task_type, data_dir=cfg.data_dir,
@@ -60,14 +62,14 @@ def split_for_seed(cfg: TrainConfig, dataset, seed: int, run_dir: Path) -> Split
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"kind": cfg.split, "seed": seed, "train": train, "val": val, "test": test}))
     if not train or not val or not test:
-        raise ValueError(
+        raise UserError(
             f"the {cfg.split} split of {len(dataset)} molecules with fractions {cfg.split_fractions} leaves an "
             f"empty part (train {len(train)}, val {len(val)}, test {len(test)}); use more data or other fractions"
         )
     if dataset.task_type == "classification":
         for part, idx in (("validation", val), ("test", test)):
             if not _has_both_classes(dataset, idx):
-                raise ValueError(
+                raise UserError(
                     f"the {cfg.split} split (seed {seed}) leaves no task with both classes in the {part} set, so "
                     f"ROC-AUC is undefined there; use --split balanced-scaffold or --split random, or other "
                     f"--split-fractions"
@@ -214,7 +216,7 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
     task_type = dataset.task_type
     metric = cfg.metric or metric_names(task_type)[0]
     if metric not in metric_names(task_type):
-        raise ValueError(f"metric {metric!r} does not apply to {task_type}; choose one of "
+        raise UserError(f"metric {metric!r} does not apply to {task_type}; choose one of "
                          f"{', '.join(metric_names(task_type))}")
     cfg.metric = metric
     log(f"data: {cfg.data_label}, {len(dataset)} molecules, {len(dataset.task_names)} {task_type} task(s)")

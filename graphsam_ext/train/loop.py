@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from graphsam_ext import __version__
+from graphsam_ext.errors import UserError
 from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
 from graphsam_ext.train.checkpoint import load_checkpoint, save_checkpoint
 from graphsam_ext.train.config import TrainConfig
@@ -53,6 +54,7 @@ def build_model(cfg: TrainConfig, dataset) -> MolecularGraphTransformer:
         edge_dim=feat.edge_dim,
         num_tasks=len(dataset.task_names),
         distance_bins=feat.distance_bins if cfg.attention == "pairs" else 0,
+        mol_dim=feat.mol_dim,
         **cfg.model_kwargs(),
     )
     return MolecularGraphTransformer(model_cfg)
@@ -264,7 +266,7 @@ class SeedRun:
         if last.exists():
             ckpt = load_checkpoint(last, map_location=self.device)
             if ckpt["optimizer_name"] != self.optimizer_name or ckpt["seed"] != self.seed:
-                raise ValueError(f"{last} belongs to optimizer {ckpt['optimizer_name']} seed {ckpt['seed']}, "
+                raise UserError(f"{last} belongs to optimizer {ckpt['optimizer_name']} seed {ckpt['seed']}, "
                                  f"not {self.optimizer_name} seed {self.seed}")
             self._resume(ckpt)
             self.log(f"{self.optimizer_name} seed {self.seed}: resuming after epoch {len(self.history)}")

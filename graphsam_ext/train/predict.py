@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graphsam_ext.errors import UserError
 from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
 from graphsam_ext.train.checkpoint import load_checkpoint
 from graphsam_ext.train.targets import TargetScaler
@@ -41,9 +42,9 @@ def featurizer_for(ckpt: dict, source: str):
     try:
         feat = Featurizer.from_config(stored)
     except ValueError as exc:
-        raise ValueError(f"checkpoint {source} was trained with an incompatible featurizer: {exc}") from exc
+        raise UserError(f"checkpoint {source} was trained with an incompatible featurizer: {exc}") from exc
     if feat.config() != stored:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {source} was trained with featurizer {stored}, but this installation's featurizer with the "
             f"same settings is {feat.config()}; retrain the model with this graphsam-ext version"
         )
@@ -72,7 +73,7 @@ def predict_smiles(smiles: list[str], checkpoints: list[Path], device="cpu", bat
     first = ckpts[0]
     for p, c in zip(checkpoints[1:], ckpts[1:]):
         if c["task_names"] != first["task_names"] or c["featurizer"] != first["featurizer"]:
-            raise ValueError(
+            raise UserError(
                 f"checkpoints {checkpoints[0]} and {p} predict different tasks or use different featurizers; "
                 "pass one checkpoint file or a run directory of one model family"
             )
@@ -111,11 +112,11 @@ def read_smiles_csv(path: str | Path, smiles_column: str | None = None) -> tuple
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         if not columns:
-            raise ValueError(f"--data: {path} has no header row")
+            raise UserError(f"--data: {path} has no header row")
         if smiles_column is None:
             smiles_column = next((c for c in columns if c.strip().lower() == "smiles"), columns[0])
         elif smiles_column not in columns:
-            raise ValueError(f"--smiles-column {smiles_column!r} is not a column of {path}; available columns: "
+            raise UserError(f"--smiles-column {smiles_column!r} is not a column of {path}; available columns: "
                              f"{', '.join(columns)}")
         return [(row.get(smiles_column) or "").strip() for row in reader], smiles_column
 
