@@ -184,3 +184,57 @@ def test_bench_runs_pytest_on_the_suites(workdir, capsys):
     assert main(["bench", "--path", str(bench), "--smoke", "--quiet"]) == 0
     assert main(["bench", "--path", str(workdir / "nowhere"), "--quiet"]) == 2
     assert "benchmarks directory" in capsys.readouterr().err
+
+
+def _config_actions(command):
+    from graphsam_ext.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return sub, [a for a in sub._actions if a.option_strings]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_each_config_field_has_exactly_one_option_with_its_default_in_the_help(command):
+    from dataclasses import fields
+
+    from graphsam_ext.train import TrainConfig
+    from graphsam_ext.train.config import COMMAND_DEFAULTS
+
+    sub, actions = _config_actions(command)
+    by_dest = {}
+    for action in actions:
+        by_dest.setdefault(action.dest, []).append(action)
+    names = [f.name for f in fields(TrainConfig)]
+    assert all(len(by_dest.get(name, [])) == 1 for name in names), {n: len(by_dest.get(n, [])) for n in names}
+    for name in names:
+        default = COMMAND_DEFAULTS[command].get(name, TrainConfig.default(name))
+        text = by_dest[name][0].help
+        if default is not None:
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            assert f"(default {shown})" in text, (name, text)
+        else:
+            assert "(default" in text, (name, text)
+
+
+def test_chemprop_style_command_line_trains(workdir, capsys):
+    code = main(["train", "-i", "assay.csv", "-s", "Structure", "--target-columns", "pIC50_a", "-t", "regression",
+                 "--split-type", "scaffold_balanced", "--split-sizes", "0.6", "0.2", "0.2", "-o", "cp",
+                 "--epochs", "2", "--num-replicates", "2", "--batch-size", "8", "--hidden", "16", "--layers", "1",
+                 "--heads", "2", "--edge-hidden", "8", "--num-threads", "1", "--quiet"])
+    assert code == 0
+    results = json.loads((workdir / "cp" / "results.json").read_text())
+    assert results["config"]["split"] == "balanced_scaffold" and results["config"]["split_fractions"] == [0.6, 0.2, 0.2]
+    assert results["config"]["seeds"] == 2 and set(results["results"]["adam"]) == {"0", "1"}
+    assert results["data"]["task_names"] == ["pIC50_a"] and results["data"]["task_type"] == "regression"
+
+
+def test_internal_errors_keep_their_traceback(workdir, monkeypatch):
+    import graphsam_ext.train as train_pkg
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not a user mistake")
+
+    monkeypatch.setattr(train_pkg, "run_experiment", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        _train("--output-dir", "x")

@@ -67,10 +67,11 @@ DATA, OPT, PROTO, MODEL = "data", "optimization", "protocol", "model"
 @dataclass
 class TrainConfig:
     # data
-    dataset: str | None = option(None, "a named dataset (neither --dataset nor --data-path: the embedded "
-                                       "CHEMBL2321810 pIC50 set)", group=DATA, choices=DATASET_CHOICES,
+    dataset: str | None = option(None, "a named dataset (default: with neither --dataset nor --data-path, the "
+                                       "embedded CHEMBL2321810 pIC50 set)", group=DATA, choices=DATASET_CHOICES,
                                  metavar="NAME", parse=str)
-    data_path: str | None = option(None, "a CSV file with a SMILES column and target columns", group=DATA,
+    data_path: str | None = option(None, "a CSV file with a SMILES column and target columns (default: none, see "
+                                         "--dataset)", group=DATA,
                                    flags=("--data-path", "-i", "--data"), metavar="CSV")
     smiles_column: str | None = option(None, "SMILES column of the CSV (default: a column named smiles)", group=DATA,
                                        flags=("--smiles-column", "-s", "--smiles-columns"), metavar="COL")
