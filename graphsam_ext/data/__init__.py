@@ -7,7 +7,6 @@ from graphsam_ext.data.batch import BatchGraph, MoleculeItem, collate, make_load
 from graphsam_ext.data.datasets import TASK_TYPES, MoleculeDataset, load_dataset
 from graphsam_ext.data.featurize import Featurizer, parse_smiles
 from graphsam_ext.data.graph import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, Graph
-from graphsam_ext.data.scaling import Standardizer
 from graphsam_ext.data.sources import DATA_DIR_ENV, DATASET_NAMES, DATASETS, default_cache_dir
 from graphsam_ext.data.splits import SPLIT_KINDS, load_split, save_split, scaffold_of, split_indices
 
@@ -23,7 +22,6 @@ __all__ = [
     "MoleculeDataset",
     "MoleculeItem",
     "SPLIT_KINDS",
-    "Standardizer",
     "TASK_TYPES",
     "collate",
     "default_cache_dir",

@@ -117,12 +117,14 @@ def split_indices(dataset, kind: str = "random", fractions=(0.8, 0.1, 0.1), seed
     return train, val, test
 
 
-def save_split(path, split) -> None:
-    """Write (train, val, test) index lists (or a dict with those keys) to a JSON file."""
+def save_split(path, split, **metadata) -> None:
+    """Write (train, val, test) index lists (or a dict with those keys) to a JSON file, with
+    optional metadata entries (a run directory records ``kind`` and ``seed``)."""
     if isinstance(split, dict):
         split = (split["train"], split["val"], split["test"])
     train, val, test = split
-    payload = {"format": "graphsam-split-v1", "train": [int(i) for i in train], "val": [int(i) for i in val], "test": [int(i) for i in test]}
+    payload = {"format": "graphsam-split-v1", **metadata, "train": [int(i) for i in train],
+               "val": [int(i) for i in val], "test": [int(i) for i in test]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))

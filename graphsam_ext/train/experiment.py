@@ -27,7 +27,7 @@ from graphsam_ext import __version__
 from graphsam_ext.errors import UserError
 from graphsam_ext.train.config import TrainConfig
 from graphsam_ext.train.loop import SeedRun, SplitData
-from graphsam_ext.train.metrics import HIGHER_IS_BETTER, metric_names
+from graphsam_ext.train.metrics import HIGHER_IS_BETTER, default_metric, metric_names
 from graphsam_ext.train.targets import TargetScaler
 
 RUN_MARKER = "config.json"
@@ -49,18 +49,16 @@ def load_data(cfg: TrainConfig):
 def split_for_seed(cfg: TrainConfig, dataset, seed: int, run_dir: Path) -> SplitData:
     """This seed's split (read back from the run directory when it was made before)."""
     path = run_dir / "splits" / f"seed{seed}.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        train, val, test = saved["train"], saved["val"], saved["test"]
-    else:
-        from graphsam_ext.data import split_indices
+    from graphsam_ext.data import load_split, save_split, split_indices
 
+    if path.exists():
+        train, val, test = load_split(path)
+    else:
         train, val, test = (
             [int(i) for i in part]
             for part in split_indices(dataset, kind=cfg.split, fractions=cfg.split_fractions, seed=seed)
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"kind": cfg.split, "seed": seed, "train": train, "val": val, "test": test}))
+        save_split(path, (train, val, test), kind=cfg.split, seed=seed)
     if not train or not val or not test:
         raise UserError(
             f"the {cfg.split} split of {len(dataset)} molecules with fractions {cfg.split_fractions} leaves an "
@@ -214,7 +212,7 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
     if dataset is None:
         dataset = load_data(cfg)
     task_type = dataset.task_type
-    metric = cfg.metric or metric_names(task_type)[0]
+    metric = cfg.metric or default_metric(task_type)
     if metric not in metric_names(task_type):
         raise UserError(f"metric {metric!r} does not apply to {task_type}; choose one of "
                          f"{', '.join(metric_names(task_type))}")

@@ -19,7 +19,7 @@ from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
 from graphsam_ext.train.checkpoint import load_checkpoint, save_checkpoint
 from graphsam_ext.train.config import TrainConfig
 from graphsam_ext.train.losses import loss_for
-from graphsam_ext.train.metrics import evaluate, is_better
+from graphsam_ext.train.metrics import default_metric, evaluate, is_better
 from graphsam_ext.train.optimizers import build_optimizer, zeroes_own_grads
 from graphsam_ext.train.schedules import StepSchedule
 from graphsam_ext.train.targets import TargetScaler
@@ -113,7 +113,7 @@ class SeedRun:
         self.device = torch.device(device)
         self.progress = progress
         self.log = log or (lambda msg: None)
-        self.metric = cfg.metric or ("roc_auc" if data.task_type == "classification" else "rmse")
+        self.metric = cfg.metric or default_metric(data.task_type)
         self.loss_fn = loss_for(data.task_type)
         self._ready = False
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from graphsam_ext.errors import UserError
 from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
 from graphsam_ext.train.checkpoint import load_checkpoint
+from graphsam_ext.train.loop import predict_batches
 from graphsam_ext.train.targets import TargetScaler
 
 
@@ -87,17 +87,12 @@ def predict_smiles(smiles: list[str], checkpoints: list[Path], device="cpu", bat
     values = np.full((len(smiles), len(first["task_names"])), np.nan)
     if valid:
         total = np.zeros((len(valid), len(first["task_names"])))
+        batches = [collate([graphs[i] for i in valid[start:start + batch_size]])
+                   for start in range(0, len(valid), batch_size)]
         for ckpt in ckpts:
-            model = load_model(ckpt, device)
             scaler = TargetScaler.from_state_dict(ckpt["scaler"]) if ckpt["scaler"] else None
-            outs = []
-            with torch.no_grad():
-                for start in range(0, len(valid), batch_size):
-                    batch = collate([graphs[i] for i in valid[start:start + batch_size]]).to(device)
-                    out = model(batch)
-                    out = torch.sigmoid(out) if ckpt["task_type"] == "classification" else scaler.inverse_transform(out)
-                    outs.append(out.double().cpu())
-            total += torch.cat(outs).numpy()
+            pred, _, _ = predict_batches(load_model(ckpt, device), batches, device, ckpt["task_type"], scaler)
+            total += pred
         values[valid] = total / len(ckpts)
     return Predictions(list(smiles), list(first["task_names"]), first["task_type"], values, errors,
                        [str(p) for p in checkpoints])
