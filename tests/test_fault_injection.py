@@ -14,7 +14,7 @@ The rules checked (docs/optimizers.md):
 import pytest
 import torch
 
-from graphsam_ext.optim import SAM, GraphSAM
+from graphsam_ext.optim import AESAM, SAM, GraphSAM, LookSAM, SAMOne
 from tests.optim_helpers import loss_fn, make_params, make_targets, param_groups
 
 IMPLS = ["reference", "foreach", "fused"]
@@ -31,6 +31,12 @@ OPTIMIZERS = {
     "graphsam": (lambda g, impl: GraphSAM(g, rho=0.05, steps_per_epoch=2, lr=1e-2, implementation=impl), 3),
     "graphsam-ref": (lambda g, impl: GraphSAM(g, rho=0.05, steps_per_epoch=2, mode="reference", lr=1e-2,
                                               implementation=impl), 3),
+    "sam-one": (lambda g, impl: SAMOne(g, rho=0.05, steps_per_epoch=2, lr=1e-2, implementation=impl), 3),
+    "looksam": (lambda g, impl: LookSAM(g, rho=0.05, k=2, lr=1e-2, implementation=impl), 3),
+    # c far below zero: every step is a SAM step, so the second closure call is always there
+    "ae-sam-host": (lambda g, impl: AESAM(g, rho=0.05, c=-1e6, decision="host", lr=1e-2, implementation=impl),
+                    None),
+    "ae-sam-device": (lambda g, impl: AESAM(g, rho=0.05, decision="device", lr=1e-2, implementation=impl), None),
 }
 
 PHASES = {"first": (FAULT_STEP, 0), "second": (FAULT_STEP, 1), "only": (3, 0)}
@@ -131,7 +137,8 @@ def assert_same(a, b, path="state"):
         assert a == b, (path, a, b)
 
 
-COUNTERS = {"skipped", "closure_calls", "sam_step_count", "epoch", "step_in_epoch", "rho", "radius"}
+COUNTERS = {"skipped", "closure_calls", "sam_step_count", "look_step_count", "epoch", "step_in_epoch", "rho",
+            "radius"}
 
 
 def skip_counters(extra):

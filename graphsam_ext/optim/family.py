@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from graphsam_ext import _backend
-from graphsam_ext.optim.base import BaseSpec, base_defaults, parse_base, validate_group
+from graphsam_ext.optim.base import BaseSpec, base_defaults, check_nonnegative, parse_base, validate_group
 from graphsam_ext.optim.engines import ENGINES
 from graphsam_ext.optim.flat import FLAT_DTYPES
 
@@ -25,6 +25,7 @@ class SAMFamily(torch.optim.Optimizer):
     _buffers: tuple = ()
 
     def __init__(self, params, base_optimizer, implementation, extra_defaults: dict, base_kwargs: dict):
+        """extra_defaults: param-group entries of the SAM variant (``rho`` at least)."""
         self.base_spec: BaseSpec = parse_base(base_optimizer)
         defaults = base_defaults(self.base_spec, base_kwargs) if self.base_spec.fused else {}
         self.base_optimizer = None
@@ -54,6 +55,8 @@ class SAMFamily(torch.optim.Optimizer):
         if engine is not None and engine.perturbed:
             raise RuntimeError("add_param_group: the parameters are perturbed (first_step() ran without "
                                "second_step()); add the group after second_step()")
+        if engine is not None and "rho" not in param_group:
+            param_group = {**param_group, "rho": self.rho}  # the rho in use (GraphSAM's decayed one)
         if self.base_optimizer is not None:
             # the groups list is shared: the base optimizer appends the group with its own defaults
             self.base_optimizer.add_param_group(param_group)
@@ -71,6 +74,7 @@ class SAMFamily(torch.optim.Optimizer):
 
     def _check_group(self, group: dict) -> None:
         validate_group(self.base_spec, group)
+        check_nonnegative("rho", group["rho"])
         for p in group["params"]:
             if not p.is_floating_point() or p.is_complex():
                 raise TypeError(f"params: only real floating-point parameters are supported, got {p.dtype}")
@@ -88,6 +92,25 @@ class SAMFamily(torch.optim.Optimizer):
         self.engine.release([p for p in self.engine.params if id(p) not in kept])
         self.engine = engine
         self._engine_trainable = self._trainable()
+
+    # -- rho, a param-group entry -------------------------------------------------------------
+    @property
+    def rho(self) -> float:
+        """The neighbourhood size of the coming step: the ``rho`` entry of the param groups, which
+        schedulers may drive as they drive ``lr``. The perturbation is one vector over the whole
+        model, so every group must hold the same value."""
+        values = {group["rho"] for group in self.param_groups}
+        if len(values) > 1:
+            raise ValueError(f"rho: the param groups hold different values {sorted(values)}; the perturbation "
+                             "spans every group, so set the same rho in each (a scheduler driving rho must "
+                             "set every group)")
+        return check_nonnegative("rho", values.pop())
+
+    @rho.setter
+    def rho(self, value: float) -> None:
+        value = check_nonnegative("rho", value)
+        for group in self.param_groups:
+            group["rho"] = value
 
     def _trainable(self) -> tuple:
         return tuple(p.requires_grad for group in self.param_groups for p in group["params"])
@@ -225,7 +248,10 @@ class SAMFamily(torch.optim.Optimizer):
         if self.base_optimizer is not None and "base_optimizer" not in extra:
             raise ValueError(f"state_dict: no state of the base optimizer {type(self.base_optimizer).__name__} "
                              "(saved from an optimizer with a fused base, 'adam' / 'adamw' / 'sgd'?)")
+        rho = self.rho
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "sam_family"})
+        for group in self.param_groups:  # saved before rho was a group entry: the saved or current rho
+            group.setdefault("rho", extra.get("rho", rho))
         if self.base_optimizer is not None:
             self.base_optimizer.load_state_dict(extra["base_optimizer"])
             self.base_optimizer.param_groups = self.param_groups

@@ -55,12 +55,13 @@ class GraphSAM(SAMFamily):
     """
 
     _buffers = ("direction",)
+    _ema = True  # fold w / ||w|| into d after each step (SAM-One: no)
 
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, beta: float = 0.99, gamma: float = 0.5,
                  lam: int = 1, steps_per_epoch: int | None = None, mode: str = "paper",
                  normalization: str | None = None, adaptive: bool | None = None, radius: float | None = None,
                  rho_schedule: str | None = None, implementation: str | None = None, **base_kwargs):
-        check_nonnegative("rho", rho)
+        rho = check_nonnegative("rho", rho)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta: expected a value in [0, 1), got {beta!r}")
         if not 0.0 < gamma <= 1.0:
@@ -80,7 +81,7 @@ class GraphSAM(SAMFamily):
             raise ValueError(f"rho_schedule: expected one of {RHO_SCHEDULES}, got {rho_schedule!r}")
         if radius is not None and not radius > 0:
             raise ValueError(f"radius: expected None or a number > 0, got {radius!r}")
-        super().__init__(params, base_optimizer, implementation, {}, base_kwargs)
+        super().__init__(params, base_optimizer, implementation, {"rho": rho}, base_kwargs)
         self.rho0, self.beta, self.gamma, self.lam = float(rho), float(beta), float(gamma), lam
         self.steps_per_epoch = steps_per_epoch
         self.mode = mode
@@ -91,7 +92,6 @@ class GraphSAM(SAMFamily):
         self.rho_schedule = rho_schedule
         self.epoch = -1
         self.step_in_epoch = 0
-        self.rho = self.rho0
         self.radius = self.radius0
         self._direction_sq = None
         self._exact_scale = None
@@ -195,8 +195,11 @@ class GraphSAM(SAMFamily):
         skip = self._nonfinite(sq)
         if self._pending_skip is not None:
             skip = skip | self._pending_skip
-        # the EMA of w / ||w|| runs with the restore and base update (one pass in the fused engine)
-        self._direction_sq = self.engine.base_step(skip, restore=True, fold=(self._inv_norm(sq), self.beta))
+        if self._ema:
+            # the EMA of w / ||w|| runs with the restore and base update (one pass in the fused engine)
+            self._direction_sq = self.engine.base_step(skip, restore=True, fold=(self._inv_norm(sq), self.beta))
+        else:
+            self.engine.base_step(skip, restore=True)
         if self._saved_direction is not None:
             saved, saved_sq = self._saved_direction
             self.engine.revert_direction(skip, saved)
@@ -227,7 +230,25 @@ class GraphSAM(SAMFamily):
         super()._load_extra_state(extra)
         self.epoch = int(extra["epoch"])
         self.step_in_epoch = int(extra["step_in_epoch"])
-        self.rho = float(extra["rho"])
         self.radius = extra["radius"]
         dsq = extra["direction_sq"]
         self._direction_sq = None if dsq is None else dsq.to(self._device())
+
+
+class SAMOne(GraphSAM):
+    r"""SAM-One, the GraphSAM paper's ablation baseline: the exact perturbation gradient of each
+    epoch's first step, d = g / ||g||, perturbs every step of that epoch unchanged (GraphSAM with
+    beta = 1 and no EMA of the updating gradients).
+
+    Each step evaluates w = grad L(theta + rho d / ||d||) once, restores theta and applies the base
+    update with w; an epoch costs T + 1 closure calls, as GraphSAM's. rho follows GraphSAM's
+    schedule rho0 * gamma ** (epoch // lam) (gamma = 1 keeps it constant). Arguments as for
+    ``GraphSAM`` (without ``beta`` and the reference-mode knobs).
+    """
+
+    _ema = False
+
+    def __init__(self, params, base_optimizer="adam", rho: float = 0.05, gamma: float = 0.5, lam: int = 1,
+                 steps_per_epoch: int | None = None, implementation: str | None = None, **base_kwargs):
+        super().__init__(params, base_optimizer, rho=rho, beta=0.0, gamma=gamma, lam=lam,
+                         steps_per_epoch=steps_per_epoch, implementation=implementation, **base_kwargs)

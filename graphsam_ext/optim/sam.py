@@ -32,11 +32,10 @@ class SAM(SAMFamily):
 
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, adaptive: bool = False,
                  sam_every: int = 1, implementation: str | None = None, **base_kwargs):
-        check_nonnegative("rho", rho)
+        rho = check_nonnegative("rho", rho)
         if not isinstance(sam_every, int) or sam_every < 1:
             raise ValueError(f"sam_every: expected an integer >= 1, got {sam_every!r}")
-        super().__init__(params, base_optimizer, implementation, {}, base_kwargs)
-        self.rho = float(rho)
+        super().__init__(params, base_optimizer, implementation, {"rho": rho}, base_kwargs)
         self.adaptive = bool(adaptive)
         self.sam_every = sam_every
         self.sam_step_count = 0

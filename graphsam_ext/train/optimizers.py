@@ -8,14 +8,18 @@
 | sam-k         | SAM every ``sam_every``-th step, a plain Adam step otherwise (cost baseline)  |
 | graphsam      | GraphSAM, the paper's formulation: about one pass per step                   |
 | graphsam-ref  | GraphSAM reproducing the released research code's behaviour                 |
+| looksam       | LookSAM: SAM every ``looksam_k``-th step, the stored orthogonal part between |
+| ae-sam        | AE-SAM: SAM only when ||g||^2 is ``aesam_c`` running std above its mean      |
+| sam-one       | SAM-One: each epoch's first exact perturbation reused for the whole epoch   |
 """
 from __future__ import annotations
 
 import torch
 
-OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "sam", "asam", "sam-k", "graphsam", "graphsam-ref")
-SAM_FAMILY = ("sam", "asam", "sam-k")
-GRAPHSAM_FAMILY = ("graphsam", "graphsam-ref")
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "sam", "asam", "sam-k", "graphsam", "graphsam-ref", "looksam", "ae-sam",
+                   "sam-one")
+SAM_FAMILY = ("sam", "asam", "sam-k", "looksam", "ae-sam")
+GRAPHSAM_FAMILY = ("graphsam", "graphsam-ref", "sam-one")
 
 
 def check_optimizer_name(name: str) -> str:
@@ -44,11 +48,20 @@ def build_optimizer(
     lam: int = 1,
     sam_every: int = 2,
     momentum: float = 0.9,
+    looksam_k: int = 8,
+    looksam_alpha: float = 0.2,
+    aesam_delta: float = 0.9,
+    aesam_c: float = 0.0,
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` over ``params``.
 
-    rho: SAM / ASAM / GraphSAM neighbourhood size. beta, gamma, lam: GraphSAM's EMA smoothing,
-    rho decay factor and decay period in epochs. sam_every: the k of sam-k. momentum: SGD's.
+    rho: the neighbourhood size of every SAM variant (GraphSAM's and SAM-One's initial one).
+    beta, gamma, lam: GraphSAM's EMA smoothing, rho decay factor and decay period in epochs
+    (gamma and lam also SAM-One's). sam_every: the k of sam-k. momentum: SGD's.
+    looksam_k, looksam_alpha: LookSAM's period of exact SAM steps and weight of the orthogonal
+    component (defaults: the GraphSAM paper's tuning for LookSAM, k = 8, alpha = 0.2; it also
+    tuned rho = 1e-4). aesam_delta, aesam_c: AE-SAM's EMA constant (the paper's 0.9) and
+    threshold in running standard deviations (0: SAM when ||g||^2 is at or above its mean).
     The base optimizer of every SAM variant is Adam with ``lr`` and ``weight_decay``.
     """
     key = check_optimizer_name(name)
@@ -62,7 +75,7 @@ def build_optimizer(
     if key == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-    from graphsam_ext.optim import SAM, GraphSAM
+    from graphsam_ext.optim import AESAM, SAM, GraphSAM, LookSAM, SAMOne
 
     base = dict(base_optimizer="adam", lr=lr, weight_decay=weight_decay)
     if key == "sam":
@@ -73,5 +86,11 @@ def build_optimizer(
         if sam_every < 1:
             raise ValueError(f"sam_every (the k of sam-k) must be >= 1, got {sam_every}")
         return SAM(params, rho=rho, sam_every=sam_every, **base)
+    if key == "looksam":
+        return LookSAM(params, rho=rho, k=looksam_k, alpha=looksam_alpha, **base)
+    if key == "ae-sam":
+        return AESAM(params, rho=rho, delta=aesam_delta, c=aesam_c, **base)
+    if key == "sam-one":
+        return SAMOne(params, rho=rho, gamma=gamma, lam=lam, **base)
     mode = "reference" if key == "graphsam-ref" else "paper"
     return GraphSAM(params, rho=rho, beta=beta, gamma=gamma, lam=lam, mode=mode, **base)

@@ -24,11 +24,13 @@ class ForeachEngine(PerTensorEngine):
         sq = torch.stack(torch._foreach_norm(xs, 2, dtype=torch.float64)) ** 2
         return sq if per_tensor else sq.sum()
 
-    def combine(self, target, terms) -> None:
+    def combine(self, target, terms, wide=False) -> None:
         dst = self._tensors(target)
+        like = [d.double() for d in dst] if wide else dst
         value = None
         for t in terms:
-            term = torch._foreach_mul(self._tensors(t.source), self._scales(t.scale, dst))
+            srcs = self._tensors(t.source)
+            term = torch._foreach_mul([x.double() for x in srcs] if wide else srcs, self._scales(t.scale, like))
             if value is None:
                 value = term
             else:

@@ -128,12 +128,13 @@ class FusedEngine(Engine):
         return self._total([torch.dot(x.double(), y.double()) for x, y in zip(self._flat(a), self._flat(b))])
 
     # -- element-wise updates --------------------------------------------------------------
-    def combine(self, target: str, terms: list) -> None:
+    def combine(self, target: str, terms: list, wide: bool = False) -> None:
         for k, (dst, b) in enumerate(zip(self._flat(target), self.flat.buckets)):
+            dtype = torch.float64 if wide else dst.dtype
             value = None
             for t in terms:
-                scale = self._expand(self._split(t.scale)[k], b).to(dst.dtype)
-                term = self._flat(t.source)[k] * scale
+                scale = self._expand(self._split(t.scale)[k], b).to(dtype)
+                term = self._flat(t.source)[k].to(dtype) * scale
                 value = term if value is None else value.add_(term)
             dst.copy_(value)
 

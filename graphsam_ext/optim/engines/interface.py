@@ -89,8 +89,10 @@ class Engine(ABC):
 
     # -- element-wise updates --------------------------------------------------------------
     @abstractmethod
-    def combine(self, target: str, terms: list) -> None:
-        """target <- sum of ``Term(scale, source)``; ``target`` may be one of the sources."""
+    def combine(self, target: str, terms: list, wide: bool = False) -> None:
+        """target <- sum of ``Term(scale, source)``; ``target`` may be one of the sources.
+        wide: compute in float64 and round once (for differences of nearly equal vectors, where
+        one rounding of a scale would otherwise be amplified by the cancellation)."""
 
     @abstractmethod
     def snapshot(self, source: str) -> list:

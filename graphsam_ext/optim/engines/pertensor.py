@@ -72,13 +72,14 @@ class PerTensorEngine(Engine):
         return torch.stack([torch.dot(x.reshape(-1).double(), y.reshape(-1).double())
                             for x, y in zip(self._tensors(a), self._tensors(b))]).sum()
 
-    def combine(self, target: str, terms: list) -> None:
+    def combine(self, target: str, terms: list, wide: bool = False) -> None:
         dst = self._tensors(target)
-        parts = [(self._scales(t.scale, dst), self._tensors(t.source)) for t in terms]
+        like = [d.double() for d in dst] if wide else dst
+        parts = [(self._scales(t.scale, like), self._tensors(t.source)) for t in terms]
         for i, d in enumerate(dst):
             value = None
             for scales, srcs in parts:
-                term = srcs[i] * scales[i]
+                term = (srcs[i].double() if wide else srcs[i]) * scales[i]
                 value = term if value is None else value + term
             d.copy_(value)
 
