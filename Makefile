@@ -26,7 +26,7 @@ build: setup
 	$(PY) setup.py -q build_ext --inplace
 
 test: build
-	$(PY) -m pytest -q tests
+	GRAPHSAM_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
 
 run: build
 	$(VENV)/bin/graphsam compare

@@ -1,4 +1,6 @@
-"""Native flat-buffer SAM ops against ops.reference, on fresh random inputs and awkward sizes."""
+"""Native flat-buffer SAM ops against ops.reference, on seeded random inputs and awkward sizes."""
+import zlib
+
 import pytest
 import torch
 
@@ -30,8 +32,13 @@ def native(name):
 
 
 @pytest.fixture
-def gen():
-    return torch.Generator().manual_seed(torch.randint(0, 2**31, (1,)).item())
+def gen(request):
+    """A generator with a fixed seed per test (from its id), so a failure reproduces; the seed is
+    in the test report's properties and printed with a failure."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed of {request.node.name}: {seed}")
+    return torch.Generator().manual_seed(seed)
 
 
 def rand(n, dtype, device, gen, scale=1.0):
@@ -263,12 +270,12 @@ def test_opcheck_every_op(gen):
         ("zero_", (p.clone(),)),
         ("sum_squares", (g, p, offsets, 1, 0.0)),
         ("sum_squares", (g, None, None, 0, 0.0)),
-        ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, dtype=torch.float64), offsets, True, skip)),
+        ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, generator=gen, dtype=torch.float64), offsets, True, skip)),
         ("direction_update_", (d.clone(), g, torch.tensor(0.5, dtype=torch.float64), None, 0.9, False, skip)),
         ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)),
         ("sgd_step_", (p.clone(), g, m.clone(), step, None, None, 1e-2, 0.9, 0.0, 0.0, True)),
         ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.0, False,
-                        d.clone(), torch.rand(4, dtype=torch.float64), offsets, 0.9,
+                        d.clone(), torch.rand(4, generator=gen, dtype=torch.float64), offsets, 0.9,
                         torch.zeros((), dtype=torch.float64))),
         ("sgd_step_", (p.clone(), g, m.clone(), step, src, None, 1e-2, 0.9, 0.0, 0.0, False,
                        d.clone(), torch.tensor(0.5, dtype=torch.float64), None, 0.5,
@@ -328,6 +335,22 @@ def test_source_may_be_param_itself(gen):
 
 def test_wrappers_follow_backend_choice(monkeypatch):
     """The ops module uses the reference code where no native kernel exists for a device."""
-    x = torch.randn(33)
+    x = torch.randn(33, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(_backend, "use_native", lambda device: False)
     assert torch.equal(ops.sum_squares(x), reference.sum_squares(x))
+
+
+def test_required_native_library_fails_the_run_when_missing(tmp_path):
+    """GRAPHSAM_REQUIRE_NATIVE=1 (make test) turns a library that did not load into a failed run,
+    not a run whose kernel tests all skip."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "GRAPHSAM_REQUIRE_NATIVE": "1", "GRAPHSAM_EXT_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops_sam.py",
+                          "-k", "opcheck"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "GRAPHSAM_REQUIRE_NATIVE=1 but the native library did not load" in out.stdout + out.stderr
