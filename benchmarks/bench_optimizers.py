@@ -8,6 +8,10 @@ refill; ASAM's first norm also reads the weights (4 B); GraphSAM adds the pertur
 read and the direction EMA, which reads and writes d (8 B) in the pass that reads the gradient for
 Adam). Ours also zero the gradient buffer before each closure (4 B/param, counted).
 
+LookSAM's step time alternates (an exact step every k = 5, cheap steps in between): its median
+and bytes are those of the cheap steps. Every row's ratio is to torch Adam(fused=True) in the
+same run.
+
 Each contender is timed alone (``test_step``) and all of them in turn in the same rounds
 (``test_round_robin``), which gives the steadier ratios on a shared machine.
 
@@ -22,7 +26,7 @@ import torch
 
 from benchmarks import conftest
 from graphsam_ext import ops
-from graphsam_ext.optim import SAM, FlatParams, GraphSAM
+from graphsam_ext.optim import AESAM, SAM, FlatParams, GraphSAM, LookSAM, SAMOne
 
 DEVICE = os.environ.get("GRAPHSAM_BENCH_DEVICE", "cpu")
 NUMEL = int(os.environ.get("GRAPHSAM_BENCH_NUMEL", 10_000_000))
@@ -43,6 +47,17 @@ BYTES = {  # per parameter per step, fp32
     "plain per-tensor SAM": 2 * 8 + 4 + 16 + 4 + 28,
     "ours fused GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
     "ours reference GraphSAM": 4 + 8 + 16 + 4 + 8 + 28,
+    # SAM-One: GraphSAM without the direction EMA (d is read by the perturbation only)
+    "ours fused SAM-One": 4 + 8 + 16 + 4 + 28,
+    # LookSAM, k = 5: the median is one of the k - 1 cheap steps (one closure, the norm of g (4),
+    # g + alpha ||g|| u (12), Adam); the exact step every k adds SAM's passes, copying g (8), the
+    # dot <g, g_s> (8), g_v = g_s - c g (12), its norm (4) and the normalization (8)
+    "ours fused LookSAM": 4 + 8 + 4 + 12 + 28,
+    # AE-SAM: the refilled gradient is the same at every step, so ||g||^2 never falls below its
+    # running mean and every step is a SAM step (the most it can cost); "host" reads the decision
+    # once per step, "device" multiplies the perturbation by it
+    "ours fused AE-SAM (host decision)": 2 * (4 + 8) + 4 + 16 + 4 + 28,
+    "ours fused AE-SAM (device decision)": 2 * (4 + 8) + 4 + 16 + 4 + 28,
 }
 
 
@@ -151,6 +166,14 @@ CONTENDERS = {
     "plain per-tensor SAM": lambda: optimizer_step(plain_sam),
     "ours fused GraphSAM": graphsam("fused"),
     "ours reference GraphSAM": graphsam("reference"),
+    "ours fused SAM-One": lambda: optimizer_step(
+        lambda p: SAMOne(p, rho=0.05, lr=1e-3, implementation="fused"), True),
+    "ours fused LookSAM": lambda: optimizer_step(
+        lambda p: LookSAM(p, rho=0.05, k=5, alpha=0.7, lr=1e-3, implementation="fused")),
+    "ours fused AE-SAM (host decision)": lambda: optimizer_step(
+        lambda p: AESAM(p, rho=0.05, decision="host", lr=1e-3, implementation="fused")),
+    "ours fused AE-SAM (device decision)": lambda: optimizer_step(
+        lambda p: AESAM(p, rho=0.05, decision="device", lr=1e-3, implementation="fused")),
 }
 
 
