@@ -344,3 +344,17 @@ def test_build_optimizer_names_and_keyword_arguments():
     assert isinstance(ae, AESAM) and (ae.delta, ae.c) == (0.8, 1.5)
     one = build_optimizer("sam_one", params, rho=0.2, gamma=0.25, lam=2)
     assert isinstance(one, SAMOne) and (one.rho0, one.gamma, one.lam) == (0.2, 0.25, 2)
+
+
+@pytest.mark.parametrize("optimizer,want", [("graphsam", [0.05, 0.025, 0.0125]), ("sam", [0.05] * 3),
+                                            ("adam", [None] * 3)])
+def test_training_loop_records_the_rho_in_use(tmp_path, monkeypatch, optimizer, want):
+    """The epoch records (metrics.csv's rho column) read rho from the param groups: GraphSAM's
+    decayed rho of each epoch, SAM's constant one, nothing for torch's optimizers."""
+    from tests.test_train import _seed_run, tiny_config, write_tiny_csv
+
+    monkeypatch.setenv("GRAPHSAM_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny_config(write_tiny_csv(tmp_path / "tiny.csv"), epochs=3, patience=10, rho=0.05, gamma=0.5, lam=1)
+    result = _seed_run(cfg, tmp_path, optimizer, optimizer).run()
+    got = [record["rho"] for record in result["history"]]
+    assert got == ([pytest.approx(w) for w in want] if want[0] is not None else want)
