@@ -134,7 +134,7 @@ class TrainConfig:
     pair_distance: int | str | None = option(None, "pairs mode: largest topological distance of a pair edge, or "
                                                    "'all' (default 3 in pairs mode)", group=MODEL, metavar="K",
                                              parse=parse_pair_distance)
-    descriptors: bool = option(False, "concatenate molecule-level RDKit descriptors to the pooled graph vector",
+    descriptors: bool = option(True, "concatenate molecule-level RDKit descriptors to the pooled graph vector",
                                group=MODEL)
 
     def __post_init__(self):
