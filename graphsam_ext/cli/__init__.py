@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from graphsam_ext.cli import bench, predict, train
+from graphsam_ext.cli import bench, predict, study, train
 from graphsam_ext.cli.options import add_execution_options
 from graphsam_ext.errors import UserError
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parsers(sub)
     predict.add_parser(sub, add_execution_options)
     bench.add_parser(sub, add_execution_options)
+    study.add_parser(sub, add_execution_options)
     return parser
 
 
