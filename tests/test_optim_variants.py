@@ -358,3 +358,49 @@ def test_training_loop_records_the_rho_in_use(tmp_path, monkeypatch, optimizer, 
     result = _seed_run(cfg, tmp_path, optimizer, optimizer).run()
     got = [record["rho"] for record in result["history"]]
     assert got == ([pytest.approx(w) for w in want] if want[0] is not None else want)
+
+
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="no visible CUDA device")
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_fused_matches_cpu_reference(name, dtype):
+    results = {}
+    for device, impl in [("cpu", "reference"), ("cuda", "fused")]:
+        params, opt, _ = run(lambda g: VARIANTS[name](params=g, implementation=impl, lr=1e-2), TOTAL, dtype=dtype,
+                             device=device)
+        results[device] = (params, opt)
+    (cpu_params, cpu_opt), (gpu_params, gpu_opt) = results["cpu"], results["cuda"]
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for pa, pb in zip(gpu_params, cpu_params):
+        torch.testing.assert_close(pa.detach().cpu(), pb.detach(), **tol)
+        for key, value in gpu_opt.state[pa].items():
+            torch.testing.assert_close(torch.as_tensor(value).cpu().double(),
+                                       torch.as_tensor(cpu_opt.state[pb][key]).double(), **tol)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("name", ["sam", "graphsam", "sam-one", "looksam", "ae-sam-device"])
+def test_fused_cuda_steps_do_not_synchronize(name):
+    """Inside an epoch a fused step on the GPU reads nothing back to the host (AE-SAM's choice
+    included, with decision="device"); torch raises on any synchronizing call in this mode."""
+    if not _backend.use_native("cuda"):
+        pytest.skip("this build has no CUDA kernels")
+    params = make_params(TOTAL, device="cuda")
+    targets = make_targets(params)
+    opt = ALL[name](param_groups(params, 2))
+    assert opt.implementation == "fused"
+    if isinstance(opt, GraphSAM):
+        opt.steps_per_epoch = 100
+    for batch in range(2):  # the first step starts the epoch (GraphSAM checks skips there)
+        opt.step(lambda: loss_fn(params, targets, batch).backward())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in range(2, 5):
+            opt.step(lambda: loss_fn(params, targets, batch).backward())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.skipped_steps == 0
