@@ -22,7 +22,7 @@ class AESAM(SAMFamily):
     var = 0). The step is a SAM step when s >= mu + c sqrt(var): perturb by rho g / ||g||,
     evaluate w = grad L(theta + eps), restore and update with w; otherwise the base update uses g.
 
-    The paper (Sec. 3) uses delta = 0.9 and schedules c linearly over training between two tuned
+    The paper uses delta = 0.9 and schedules c linearly over training between two tuned
     bounds; here c is a constant (default 0.0: SAM where s is at or above its running mean), an
     attribute a schedule may change between steps. delta's default is the paper's 0.9.
 

@@ -18,7 +18,9 @@ class SAMFamily(torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step perturbs, re-evaluates, restores, updates.
 
     Subclasses implement ``_step(closure)``; they talk to the parameters only through
-    ``self.engine`` (see ``graphsam_ext.optim.engines``).
+    ``self.engine``, whose verbs ``graphsam_ext.optim.engines.interface.Engine`` documents, and
+    name the per-parameter state buffers they need in ``_buffers``. A step that raises puts back
+    the attributes named in ``_step_attrs`` (and what ``_abort_step`` restores) and the weights.
     """
 
     # per-parameter state buffers the subclass works with, besides the base optimizer's
