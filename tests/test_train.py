@@ -196,6 +196,8 @@ def test_config_validation():
     assert TrainConfig(split="scaffold_balanced").split == "balanced_scaffold"  # chemprop's spelling
     with pytest.raises(ValueError, match="summing to 1"):
         TrainConfig(split_fractions=(0.8, 0.1, 0.2))
+    with pytest.raises(UserError, match="--no-descriptors"):
+        TrainConfig(descriptors="False")
     assert TrainConfig(split="balanced-scaffold").split == "balanced_scaffold"
     with pytest.raises(ValueError, match="unknown optimizer"):
         TrainConfig(optimizers=["adam", "rmsprop"])

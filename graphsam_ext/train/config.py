@@ -170,6 +170,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if not isinstance(self.descriptors, bool):
+            raise UserError(f"descriptors must be true or false (--descriptors / --no-descriptors), got "
+                            f"{self.descriptors!r}")
         self.pair_distance = parse_pair_distance(self.pair_distance)
         if self.attention == "pairs" and self.pair_distance is None:
             self.pair_distance = 3
