@@ -17,6 +17,7 @@ distance 1..bins followed by the "different fragments" flag (see ``graphsam_ext.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -140,7 +141,10 @@ class MolecularGraphTransformer(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """batch: a BatchGraph (x (N, atom_dim), edge_attr (E, edge_dim) in CSR order, rowptr,
-        col, batch, num_graphs). Returns (G, num_tasks): logits or standardized values."""
+        col, batch, num_graphs), or a ``torch_geometric.data.Batch`` / ``Data`` (x, edge_index,
+        edge_attr in edge_index's order, batch; optional mol_features (G, mol_dim)), whose CSR is
+        built here once for all layers. Returns (G, num_tasks): logits or standardized values."""
+        batch = as_csr_batch(batch)
         if batch.x.shape[-1] != self.config.atom_dim or batch.edge_attr.shape[-1] != self.config.edge_dim:
             raise UserError(
                 f"batch features (atoms {batch.x.shape[-1]}, edges {batch.edge_attr.shape[-1]}) do not match "
@@ -175,3 +179,43 @@ class MolecularGraphTransformer(nn.Module):
         block = edge_attr[:, edge_attr.shape[1] - bins - 1:]
         idx = block.argmax(dim=-1)
         return [emb(idx) for emb in self.distance_bias]
+
+
+class _CSRBatch(NamedTuple):
+    x: torch.Tensor
+    edge_attr: torch.Tensor
+    rowptr: torch.Tensor
+    col: torch.Tensor
+    batch: torch.Tensor
+    num_graphs: int
+    mol_features: torch.Tensor | None
+
+
+def as_csr_batch(batch):
+    """``batch`` itself when it carries a CSR (a BatchGraph); for a PyG-style batch (``x``,
+    ``edge_index`` (2, E) source -> destination in any order, ``edge_attr`` in that order,
+    ``batch`` or None for one graph, ``num_graphs``) the same fields with the CSR built once by
+    :func:`graphsam_ext.ops.build_csr` and ``edge_attr`` permuted into CSR order. Duck-typed:
+    torch_geometric is never imported."""
+    if getattr(batch, "rowptr", None) is not None:
+        return batch
+    x = getattr(batch, "x", None)
+    edge_index = getattr(batch, "edge_index", None)
+    edge_attr = getattr(batch, "edge_attr", None)
+    if x is None or edge_index is None or edge_attr is None:
+        missing = [n for n, v in (("x", x), ("edge_index", edge_index), ("edge_attr", edge_attr)) if v is None]
+        raise UserError(
+            f"model input {type(batch).__name__} has no {', '.join(missing)}: pass a BatchGraph (graphsam_ext.data."
+            "collate) or a torch_geometric Batch with x, edge_index and edge_attr (bond features)")
+    from graphsam_ext.ops import build_csr
+
+    rowptr, col, perm = build_csr(edge_index, x.shape[0])
+    node_graph = getattr(batch, "batch", None)
+    if node_graph is None:
+        node_graph = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        num_graphs = 1
+    else:
+        num_graphs = getattr(batch, "num_graphs", None)
+        num_graphs = int(node_graph.max()) + 1 if num_graphs is None else int(num_graphs)
+    return _CSRBatch(x, edge_attr.index_select(0, perm), rowptr, col, node_graph, num_graphs,
+                     getattr(batch, "mol_features", None))
