@@ -238,3 +238,15 @@ def test_internal_errors_keep_their_traceback(workdir, monkeypatch):
     monkeypatch.setattr(train_pkg, "run_experiment", broken)
     with pytest.raises(ValueError, match="internal bug"):
         _train("--output-dir", "x")
+
+
+def test_efficient_sam_baselines_train_from_the_command_line(workdir, capsys):
+    code = main(["compare", "--data", "assay.csv", *TINY, "--optimizers", "looksam", "ae-sam", "sam-one",
+                 "--looksam-k", "3", "--looksam-alpha", "0.5", "--aesam-c", "0.5", "--output-dir", "eff"])
+    assert code == 0
+    results = json.loads((workdir / "eff" / "results.json").read_text())
+    assert set(results["results"]) == {"looksam", "ae-sam", "sam-one"}
+    assert results["config"]["looksam_k"] == 3 and results["config"]["aesam_c"] == 0.5
+    # SAM-One: one extra pass per epoch, like GraphSAM; LookSAM: SAM's two passes only every k-th step
+    steps = results["results"]["sam-one"]["0"]["steps_per_epoch"]
+    assert results["results"]["sam-one"]["0"]["passes_per_epoch"] == steps + 1

@@ -109,6 +109,14 @@ class TrainConfig:
     gamma: float = option(0.5, "GraphSAM: rho decay factor", group=OPT, parse=float)
     lam: int = option(1, "GraphSAM: decay rho every LAM epochs", group=OPT, parse=int)
     sam_every: int = option(2, "sam-k: a SAM step every k steps, base steps in between", group=OPT, parse=int)
+    looksam_k: int = option(8, "looksam: an exact SAM step every k steps (the GraphSAM paper's tuning)", group=OPT,
+                            parse=int)
+    looksam_alpha: float = option(0.2, "looksam: weight of the stored orthogonal component of the SAM gradient",
+                                  group=OPT, parse=float)
+    aesam_delta: float = option(0.9, "ae-sam: EMA constant of the squared gradient norm's mean and variance",
+                                group=OPT, parse=float)
+    aesam_c: float = option(0.0, "ae-sam: a SAM step when ||g||^2 exceeds its running mean by c running standard "
+                                 "deviations", group=OPT, parse=float)
     # protocol
     epochs: int = option(50, "maximum epochs", group=PROTO, parse=int)
     batch_size: int = option(32, "molecules per batch", group=PROTO, parse=int)
@@ -209,6 +217,12 @@ class TrainConfig:
 
             return Path(self.data_path).stem
         return self.dataset or "default"
+
+    def optimizer_kwargs(self) -> dict:
+        """The keyword arguments of ``build_optimizer`` this configuration sets."""
+        return dict(lr=self.lr, weight_decay=self.weight_decay, rho=self.rho, beta=self.beta, gamma=self.gamma,
+                    lam=self.lam, sam_every=self.sam_every, looksam_k=self.looksam_k,
+                    looksam_alpha=self.looksam_alpha, aesam_delta=self.aesam_delta, aesam_c=self.aesam_c)
 
     def model_kwargs(self) -> dict:
         return dict(hidden=self.hidden, layers=self.layers, heads=self.heads, edge_hidden=self.edge_hidden,

@@ -141,10 +141,7 @@ class SeedRun:
         # must not draw from each other's, or results would depend on what else ran
         self.rng = _rng_state(self.device)
         cfg = self.cfg
-        self.optimizer = build_optimizer(
-            self.optimizer_name, self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-            rho=cfg.rho, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, sam_every=cfg.sam_every,
-        )
+        self.optimizer = build_optimizer(self.optimizer_name, self.model.parameters(), **cfg.optimizer_kwargs())
         self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
         self.scheduler = StepSchedule(
             self.optimizer, schedule=cfg.schedule, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.lr,
