@@ -24,25 +24,26 @@ def plot_rho(by_opt: dict, path: Path) -> tuple[Path | None, list[str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # colours by position among all optimizers, as in the validation plots
     series, without = {}, []
-    for opt, seeds in by_opt.items():
+    for i, (opt, seeds) in enumerate(by_opt.items()):
         lines = [_rho_series(seeds[s]) for s in sorted(seeds)]
         lines = [line for line in lines if line[0]]
         if lines:
-            series[opt] = lines
+            series[opt] = (f"C{i}", lines)
         else:
             without.append(opt)
     if not series:
         return None, without
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    positive = all(y > 0 for lines in series.values() for _, ys in lines for y in ys)
-    for i, (opt, lines) in enumerate(series.items()):
+    positive = all(y > 0 for _, lines in series.values() for _, ys in lines for y in ys)
+    for opt, (color, lines) in series.items():
         for j, (xs, ys) in enumerate(lines):
-            ax.plot(xs, ys, color=f"C{i}", alpha=0.8, linewidth=1.2, label=opt if j == 0 else None)
+            ax.plot(xs, ys, color=color, alpha=0.8, linewidth=1.2, label=opt if j == 0 else None)
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("rho (at the epoch's first step)")
+    ax.set_ylabel("rho used in the epoch")
     title = "no rho recorded: " + ", ".join(without) if without else None
     if title:
         ax.set_title(title, fontsize=8)

@@ -134,6 +134,10 @@ def _fmt(x, digits=4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h ({seconds:.0f} s)"
+
+
 def _pm(stat: dict) -> str:
     if stat["n"] == 0:
         return "–"
@@ -302,8 +306,8 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
              f"requested so far; {counts['finished_of_full_grid']} of the full grid of {counts['full_grid']} = "
              f"{len(DATASETS)} datasets x {len(available_optimizers())} optimizers x {len(PROTOCOLS)} protocols x "
              f"{len(counts['seeds'])} seeds {counts['seeds']}).",
-             f"- CPU time: {cpu['finished_cells'] / 3600:.3f} h in the finished cells (training, validation, test "
-             f"and checkpoints of each cell, summed over invocations); {cpu['all_invocations'] / 3600:.3f} h over "
+             f"- CPU time: {_hours(cpu['finished_cells'])} in the finished cells (training, validation, test "
+             f"and checkpoints of each cell, summed over invocations); {_hours(cpu['all_invocations'])} over "
              f"all {len(invocations)} invocations (also data loading and unfinished cells).",
              ]
     if counts["missing_optimizers"]:
@@ -328,9 +332,10 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
               f"validation improvement; batch {settings.get('batch_size')}, {settings.get('schedule')} LR schedule "
               f"peak {settings.get('lr')}; rho {settings.get('rho')}, GraphSAM beta {settings.get('beta')}, gamma "
               f"{settings.get('gamma')}, lambda {settings.get('lam')}, sam-k k {settings.get('sam_every')}.",
-              f"- Model: hidden {settings.get('hidden')}, {settings.get('layers')} layers, {settings.get('heads')} "
-              f"heads, bond width {settings.get('edge_hidden')}, readout {settings.get('readout')}, attention "
-              f"{settings.get('attention')}, dropout {settings.get('dropout')}.",
+              f"- Model: hidden {settings.get('hidden')}, layers {settings.get('layers')}, heads "
+              f"{settings.get('heads')}, bond width {settings.get('edge_hidden')}, readout {settings.get('readout')}, "
+              f"attention {settings.get('attention')}, descriptors {settings.get('descriptors')}, dropout "
+              f"{settings.get('dropout')}.",
               "- Test metric of the epoch selected on validation; mean ± sample std over seeds. Seconds per epoch "
               "count the training batches only (wall and process CPU); molecules/s = training molecules / wall "
               "seconds per epoch; passes = forward/backward closure calls counted by the training loop.",
