@@ -3,7 +3,7 @@ perturbation, never NaN, in every engine and every SAM-family optimizer."""
 import pytest
 import torch
 
-from graphsam_ext.optim import SAM, GraphSAM
+from graphsam_ext.optim import AESAM, SAM, GraphSAM, LookSAM, SAMOne
 from tests.optim_helpers import loss_fn, make_params, make_targets, param_groups
 
 IMPLS = ["reference", "foreach", "fused"]
@@ -18,6 +18,10 @@ OPTIMIZERS = {
                                                           normalization="per_tensor", implementation=impl, **kw),
     "graphsam-ref": lambda g, impl, **kw: GraphSAM(g, rho=0.05, steps_per_epoch=3, mode="reference",
                                                    implementation=impl, **kw),
+    "sam-one": lambda g, impl, **kw: SAMOne(g, rho=0.05, steps_per_epoch=3, implementation=impl, **kw),
+    "looksam": lambda g, impl, **kw: LookSAM(g, rho=0.05, k=2, implementation=impl, **kw),
+    "ae-sam": lambda g, impl, **kw: AESAM(g, rho=0.05, implementation=impl, **kw),
+    "ae-sam-device": lambda g, impl, **kw: AESAM(g, rho=0.05, decision="device", implementation=impl, **kw),
 }
 
 
