@@ -148,9 +148,7 @@ class EpochRunner:
         cfg = data.cfg
         torch.manual_seed(0)  # the same initial weights for every optimizer
         self.model = build_model(cfg, data.dataset).to(device)
-        self.optimizer = build_optimizer(name, self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         rho=cfg.rho, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam,
-                                         sam_every=cfg.sam_every)
+        self.optimizer = build_optimizer(name, self.model.parameters(), **cfg.optimizer_kwargs())
         self.own_grads = zeroes_own_grads(self.optimizer)
         self.loss_fn = loss_for(data.dataset.task_type)
         self.epoch = 0
