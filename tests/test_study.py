@@ -61,7 +61,7 @@ def test_paired_statistics_by_hand():
     out = paired_test([0.1, 0.2, 0.3], SIGN_FLIP)
     assert out["n"] == 3 and out["mean"] == pytest.approx(0.2) and out["std"] == pytest.approx(0.1)
     assert out["p"] == pytest.approx(0.25) and out["exact"]
-    assert math.isnan(t_statistic([0.5]))
+    assert math.isnan(t_statistic([0.5])) and math.isnan(paired_test([0.5], SIGN_FLIP)["p"])
     assert t_statistic([0.1, 0.1]) == math.inf
     with pytest.raises(ValueError, match="method"):
         paired_test([0.1], "wilcoxon")

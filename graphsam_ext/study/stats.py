@@ -75,7 +75,8 @@ def sign_flip_p(diffs, *, seed: int = 0) -> float:
 
 
 def paired_test(diffs, method: str | None = None) -> dict:
-    """Mean, sample standard deviation, t statistic and two-sided p-value of paired differences.
+    """Mean, sample standard deviation, t statistic and two-sided p-value of paired differences
+    (NaN below two pairs).
 
     method: :data:`T_TEST` or :data:`SIGN_FLIP` (default :func:`default_method`)."""
     method = method or default_method()
@@ -86,8 +87,10 @@ def paired_test(diffs, method: str | None = None) -> dict:
     out = {"n": n, "mean": float(np.mean(d)) if d else math.nan,
            "std": float(np.std(d, ddof=1)) if n > 1 else math.nan,
            "t": t_statistic(d), "method": method}
-    if method == T_TEST:
-        out["p"] = t_test_p(d) if n > 1 else math.nan
+    if n < 2:  # one pair cannot tell a difference from noise
+        out["p"] = math.nan
+    elif method == T_TEST:
+        out["p"] = t_test_p(d)
     else:
         out["p"] = sign_flip_p(d)
         out["exact"] = n <= EXACT_LIMIT
