@@ -199,8 +199,10 @@ def test_study_resumes_to_the_uninterrupted_results(tmp_path, one_thread, capsys
               for s in SEEDS]
     assert splits[0]["train"] != splits[1]["train"]
     invocations = [json.loads(line) for line in (parts / "invocations.jsonl").read_text().splitlines()]
-    assert [e["status"] for e in invocations] == ["stopped", "complete"]
-    assert [e["cells_finished"] for e in invocations] == [1, 3]
+    assert [e["event"] for e in invocations] == ["start", "end", "start", "end"]
+    assert [e["status"] for e in invocations[1::2]] == ["stopped", "complete"]
+    assert [e["cells_finished"] for e in invocations[1::2]] == [1, 3]
+    assert len(grid.requested_cells(parts)) == 4
 
     # a later invocation reuses the stored settings and trains nothing new
     capsys.readouterr()

@@ -3,8 +3,9 @@ on one seed's split, written to its own file as soon as it finishes.
 
 Study directory layout::
 
-    study.json                                      the settings every cell shares, the requested cells
-    invocations.jsonl                               one line per invocation: command, CPU and wall seconds
+    study.json                                      the settings every cell shares, custom datasets' files
+    invocations.jsonl                               a line at each invocation's start (the cells it asks
+                                                    for) and end (CPU and wall seconds, cells finished)
     runs/<dataset>/<protocol>/seed<k>/              one run directory per (dataset, protocol, seed):
         config.json, splits/seed<k>.json            the split every optimizer of this seed uses
         <optimizer>/seed<k>/last.pt, best.pt, ...   SeedRun's files (resume state, selected model)
@@ -233,11 +234,15 @@ def load_study_file(out) -> dict:
 
 
 def record_plan(plan: StudyPlan) -> None:
-    """Write study.json: the shared settings, the custom datasets and every requested cell so far."""
+    """Check the plan against study.json (the shared settings, the custom datasets), writing it at
+    a study's first invocation or when a new custom dataset joins. The requested cells go to the
+    append-only invocations.jsonl instead, so that invocations running at the same time do not
+    overwrite each other's."""
     path = plan.out / STUDY_FILE
     stored = load_study_file(plan.out)
+    known = stored.get("data_paths", {})
     for label, csv in plan.data_paths.items():
-        before = stored.get("data_paths", {}).get(label)
+        before = known.get(label)
         if before is not None and Path(before).resolve() != Path(csv).resolve():
             raise UserError(f"--data-path: the study in {plan.out} already has a dataset {label} read from {before}; "
                             "give that file or rename this one")
@@ -245,15 +250,38 @@ def record_plan(plan: StudyPlan) -> None:
         differ = _differences(stored["settings"], plan.settings)
         if differ:
             raise _mismatch_error(stored["settings"], plan.settings, differ)
-    requested = {tuple(c) for c in stored.get("requested", [])} | set(plan.cells())
-    payload = {
+        if set(plan.data_paths) <= set(known):
+            return
+    write_json_atomic(path, {
         "graphsam_ext_version": __version__,
         "created": stored.get("created", time.strftime("%Y-%m-%d %H:%M:%S")),
-        "settings": {k: v for k, v in plan.settings.items() if k not in NEUTRAL_FIELDS},
-        "data_paths": {**stored.get("data_paths", {}), **plan.data_paths},
-        "requested": sorted([list(c) for c in requested], key=lambda c: (c[0], c[1], c[2], c[3])),
-    }
-    write_json_atomic(path, payload)
+        "settings": stored.get("settings") or {k: v for k, v in plan.settings.items() if k not in NEUTRAL_FIELDS},
+        "data_paths": {**known, **plan.data_paths},
+    })
+
+
+def requested_cells(out) -> set:
+    """Every cell some invocation of the study in ``out`` asked for (from invocations.jsonl)."""
+    cells = set()
+    for entry in read_invocations(out):
+        grid = entry.get("grid")
+        if entry.get("event") == "start" and grid:
+            cells |= {(d, p, int(s), o) for d in grid["datasets"] for p in grid["protocols"] for s in grid["seeds"]
+                      for o in grid["optimizers"]}
+    return cells
+
+
+def read_invocations(out) -> list[dict]:
+    path = Path(out) / INVOCATIONS_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # a line cut short by a killed process
+            continue
+    return entries
 
 
 def _load_cpu(path: Path) -> dict:
@@ -295,6 +323,9 @@ def run_study(plan: StudyPlan, device="cpu", *, log: Callable[[str], None] | Non
     plan.out.mkdir(parents=True, exist_ok=True)
     record_plan(plan)
     started, cpu0, wall0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.process_time(), time.perf_counter()
+    _append_invocation(plan.out, {"event": "start", "started": started, "command": command, "pid": os.getpid(),
+                                  "grid": {"datasets": plan.labels, "protocols": plan.protocols, "seeds": plan.seeds,
+                                           "optimizers": plan.optimizers}})
     done = {"finished": [], "skipped": []}
     status = "interrupted"
     try:
@@ -339,7 +370,7 @@ def run_study(plan: StudyPlan, device="cpu", *, log: Callable[[str], None] | Non
         status = "stopped"
     finally:
         _append_invocation(plan.out, {
-            "command": command, "started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "event": "end", "command": command, "pid": os.getpid(), "started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
             "cpu_seconds": time.process_time() - cpu0, "wall_seconds": time.perf_counter() - wall0,
             "cells_finished": len(done["finished"]), "cells_skipped": len(done["skipped"]), "status": status,
             "torch_threads": torch.get_num_threads(),
@@ -405,6 +436,7 @@ def _cell_payload(cfg, label, protocol, seed, opt, data, result, cpu, env, comma
 
 
 def _append_invocation(out: Path, entry: dict) -> None:
+    """One line, in one write to a file opened for appending."""
     with open(out / INVOCATIONS_FILE, "a") as fh:
         fh.write(json.dumps(_finite(entry)) + "\n")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from graphsam_ext.study import reference
-from graphsam_ext.study.grid import (BASELINE, DATASETS, INVOCATIONS_FILE, PROTOCOLS, STUDY_OPTIMIZERS,
-                                     available_optimizers, load_study_file, write_json_atomic)
+from graphsam_ext.study.grid import (BASELINE, DATASETS, PROTOCOLS, STUDY_OPTIMIZERS, available_optimizers,
+                                     load_study_file, read_invocations, requested_cells, write_json_atomic)
 from graphsam_ext.study.stats import SIGN_FLIP, default_method, paired_test
 from graphsam_ext.train.metrics import metric_names
 
@@ -229,24 +229,10 @@ def _paper_section() -> list[str]:
             f"Average gain over Adam across the six datasets reported there: {gains}.", ""]
 
 
-def _invocations(out: Path) -> list[dict]:
-    path = out / INVOCATIONS_FILE
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return entries
-
-
 def grid_counts(out: Path, cells: list[dict]) -> dict:
     """Finished cells out of the requested ones and out of the issue's full grid (six datasets x
     the study's optimizers this build has x both protocols x every seed requested so far)."""
-    study = load_study_file(out)
-    requested = {tuple(c) for c in study.get("requested", [])}
+    requested = requested_cells(out)
     have = {(c["cell"]["dataset"], c["cell"]["protocol"], int(c["cell"]["seed"]), c["cell"]["optimizer"])
             for c in cells}
     seeds = sorted({c[2] for c in requested} | {c[2] for c in have})
@@ -266,7 +252,7 @@ def build_report(out, method: str | None = None) -> dict:
     cells, bad = load_cells(out)
     groups = aggregate(cells, method)
     counts = grid_counts(out, cells)
-    invocations = _invocations(out)
+    invocations = [e for e in read_invocations(out) if e.get("event") == "end"]
     cell_cpu = float(sum(c.get("cpu_seconds") or 0.0 for c in cells))
     invocation_cpu = float(sum(e.get("cpu_seconds") or 0.0 for e in invocations))
     plots, plot_note = study_plots(cells, groups, out)
