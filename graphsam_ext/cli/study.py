@@ -142,7 +142,7 @@ def _plan(args):
     )
 
 
-def _report(out: Path, log) -> int:
+def _report(out: Path) -> int:
     from graphsam_ext.study.report import build_report
 
     payload = build_report(out)
@@ -166,7 +166,7 @@ def run(args) -> int:
                             f"{', '.join(given)}")
         if not out.is_dir():
             raise UserError(f"--out {out}: no such study directory; run `graphsam study --out {out}` first")
-        return _report(out, None)
+        return _report(out)
     plan = _plan(args)
     device = setup_execution(args)
     log = logger(args)
@@ -181,4 +181,4 @@ def run(args) -> int:
               f"{out} ...), or aggregate with: graphsam study --report --out {out}", file=sys.stderr)
         return 130
     log(f"{len(done['finished'])} cell(s) trained, {len(done['skipped'])} already finished")
-    return _report(out, log)
+    return _report(out)
