@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graphsam_ext.errors import UserError
-from graphsam_ext.models.readout import READOUT_NAMES, Readout
+from graphsam_ext.models.readout import READOUT_NAMES, SUM_SCALE, Readout
 
 ATTENTION_NAMES = ("bonds", "pairs")
 
@@ -39,7 +39,7 @@ class ModelConfig:
     of the MLP head's hidden layer (default hidden); attention: bonds or pairs; distance_bins:
     the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only);
     mol_dim: width of the molecule descriptors concatenated before the head
-    (``Featurizer.mol_dim``; 0: none).
+    (``Featurizer.mol_dim``; 0: none); sum_scale: the divisor of the sum in the ``mean_sum`` readout.
     """
 
     atom_dim: int
@@ -56,6 +56,7 @@ class ModelConfig:
     attention: str = "bonds"
     distance_bins: int = 0
     mol_dim: int = 0
+    sum_scale: float = SUM_SCALE
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
@@ -130,7 +131,7 @@ class MolecularGraphTransformer(nn.Module):
         else:
             self.distance_bias = None
         self.norm = nn.LayerNorm(c.hidden)
-        self.readout = Readout(c.readout, c.hidden)
+        self.readout = Readout(c.readout, c.hidden, c.sum_scale)
         head_hidden = c.head_hidden or c.hidden
         self.head = nn.Sequential(
             nn.Linear(self.readout.out_dim + c.mol_dim, head_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(head_hidden, c.num_tasks)

@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from graphsam_ext.errors import UserError
 from graphsam_ext.models.readout import READOUT_NAMES
 from graphsam_ext.models.transformer import ATTENTION_NAMES
-from graphsam_ext.train.optimizers import OPTIMIZER_NAMES, check_optimizer_name
+from graphsam_ext.train.optimizers import GRAPHSAM_FAMILY, OPTIMIZER_NAMES, SAM_FAMILY, check_optimizer_name
 from graphsam_ext.train.schedules import SCHEDULE_NAMES
 
 SPLIT_NAMES = ("random", "scaffold", "balanced_scaffold")
@@ -25,6 +25,12 @@ SPLIT_SPELLINGS = {"balanced-scaffold": "balanced_scaffold", "scaffold_balanced"
 METRIC_NAMES = ("roc_auc", "prc_auc", "rmse", "mae")
 DATASET_CHOICES = ("bbbp", "tox21", "sider", "clintox", "esol", "lipophilicity", "default")
 # what differs between the subcommands: nothing but the optimizers they train by default
+# the optimizers whose perturbation gradient may be per replica under DDP (used for nothing else)
+LOCAL_PERTURBATION = ("sam", "asam", "sam-k")
+PERTURBING = SAM_FAMILY + GRAPHSAM_FAMILY
+PRECISIONS = ("fp32", "bf16")
+# SAM-family optimizers without max_grad_norm
+NO_CLIPPING = ("looksam", "ae-sam")
 COMMAND_DEFAULTS = {"train": {}, "compare": {"optimizers": ["adam", "sam", "graphsam"]}}
 
 
@@ -117,9 +123,27 @@ class TrainConfig:
                                 group=OPT, parse=float)
     aesam_c: float = option(0.0, "ae-sam: a SAM step when ||g||^2 exceeds its running mean by c running standard "
                                  "deviations", group=OPT, parse=float)
+    local_perturbation: bool = option(False, "sam / asam / sam-k under DDP (--nproc-per-node): each process perturbs "
+                                             "along its own gradient (m-sharpness), that pass run inside no_sync; "
+                                             "the update stays synchronized", group=OPT)
+    clip_grad_norm: float | None = option(None, "clip the gradient of each update to this global norm (SAM family: "
+                                                "the updating gradient at the perturbed point; not for looksam, "
+                                                "ae-sam) (default: no clipping)", group=OPT, metavar="X",
+                                          parse=float)
+    bn_first_pass_only: bool = option(True, "BatchNorm running statistics move only in the first forward pass of "
+                                            "each step, not in the perturbed passes of the SAM family", group=OPT)
+    precision: str = option("fp32", "training forward passes in float32, or under bfloat16 autocast (weights, "
+                                    "gradients, optimizer state and evaluation stay float32)", group=OPT,
+                            choices=PRECISIONS)
     # protocol
     epochs: int = option(50, "maximum epochs", group=PROTO, parse=int)
-    batch_size: int = option(32, "molecules per batch", group=PROTO, parse=int)
+    batch_size: int = option(32, "molecules per batch; with --accumulate N a micro-batch (a step then sees N x "
+                                 "batch-size molecules); with several processes the batch is split over them, so "
+                                 "the global batch does not depend on the number of processes", group=PROTO,
+                             parse=int)
+    accumulate: int = option(1, "gradient accumulation: each step (every closure call of a SAM step) runs N "
+                                "micro-batches of --batch-size and weighs their losses to the mean over all N",
+                             group=PROTO, metavar="N", parse=int)
     patience: int = option(20, "early stop after this many epochs without validation improvement", group=PROTO,
                            parse=int)
     seeds: int = option(3, "number of seeds (each: split where random, initial weights, batch order)", group=PROTO,
@@ -135,7 +159,7 @@ class TrainConfig:
     edge_hidden: int = option(32, "bond embedding width", group=MODEL, parse=int)
     dropout: float = option(0.1, "dropout", group=MODEL, parse=float)
     ffn_multiplier: int = option(2, "feed-forward width over hidden", group=MODEL, parse=int)
-    readout: str = option("mean_sum", "graph readout: mean_sum = [mean | sum / 10] of the atom states", group=MODEL,
+    readout: str = option("mean_sum", "graph readout: mean_sum = [mean | sum / 40] of the atom states", group=MODEL,
                           choices=READOUT_NAMES)
     attention: str = option("bonds", "attend over bonds, or over atom pairs within --pair-distance with a learned "
                                      "distance bias", group=MODEL, choices=ATTENTION_NAMES)
@@ -173,7 +197,14 @@ class TrainConfig:
         self.optimizers = [check_optimizer_name(o) for o in self.optimizers]
         if len(set(self.optimizers)) != len(self.optimizers):
             raise UserError(f"optimizers are listed twice: {self.optimizers}")
-        for name in ("schedule", "readout", "attention", "metric", "task_type"):
+        if self.clip_grad_norm is not None:
+            if not self.clip_grad_norm > 0:
+                raise UserError(f"clip_grad_norm (--clip-grad-norm) must be > 0, got {self.clip_grad_norm}")
+            other = [o for o in self.optimizers if o in NO_CLIPPING]
+            if other:
+                raise UserError(f"clip_grad_norm (--clip-grad-norm) is not implemented for {', '.join(other)}; drop "
+                                "the option or those optimizers")
+        for name in ("schedule", "readout", "attention", "metric", "task_type", "precision"):
             choices = self.choices(name)
             value = getattr(self, name)
             if value is not None and value not in choices:
@@ -187,7 +218,13 @@ class TrainConfig:
         if self.attention != "pairs" and self.pair_distance is not None:
             raise UserError("pair_distance only applies to attention='pairs' (--attention pairs); drop it or "
                             "switch the attention mode")
-        for name in ("epochs", "batch_size", "seeds", "patience"):
+        if self.local_perturbation:
+            other = [o for o in self.optimizers if o in PERTURBING and o not in LOCAL_PERTURBATION]
+            if other:
+                raise UserError(f"local_perturbation (--local-perturbation) applies to "
+                                f"{', '.join(LOCAL_PERTURBATION)} only, whose perturbation gradient is used for "
+                                f"nothing else; drop it or the optimizers {', '.join(other)}")
+        for name in ("epochs", "batch_size", "seeds", "patience", "accumulate"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.first_seed < 0:
