@@ -49,10 +49,12 @@ step info 60 "$py" -m graphsam_ext.info
 step cuda-kernels 60 "$py" -c "import torch; from graphsam_ext import _backend; info = _backend.build_info(); \
 assert info.get('cuda') and torch.cuda.is_available() and _backend.use_native('cuda'), info; print(info)"
 
-# the device-parametrized tests (their CUDA cases), then the CUDA-only file and the backend choice
+# the CUDA cases of every test file that has some (device-parametrized or CUDA-only tests),
+# then the CUDA-only file in full and the backend choice
 tests=()
-for f in tests/test_ops_sam.py tests/test_optim_parity.py tests/test_optim_behaviour.py \
-         tests/test_graph_attention.py tests/test_nn_attention.py; do [ -f "$f" ] && tests+=("$f"); done
+for f in $(grep -lE "cuda|DEVICES" tests/test_*.py); do
+  case "$f" in tests/test_cuda_ops.py|tests/test_backend.py) ;; *) tests+=("$f") ;; esac
+done
 step cuda-tests 300 "$py" -m pytest -q -k "cuda" "${tests[@]}" -p no:cacheprovider
 step cuda-ops-tests 300 "$py" -m pytest -q tests/test_cuda_ops.py tests/test_backend.py -p no:cacheprovider
 
