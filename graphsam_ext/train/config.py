@@ -159,7 +159,7 @@ class TrainConfig:
     edge_hidden: int = option(32, "bond embedding width", group=MODEL, parse=int)
     dropout: float = option(0.1, "dropout", group=MODEL, parse=float)
     ffn_multiplier: int = option(2, "feed-forward width over hidden", group=MODEL, parse=int)
-    readout: str = option("mean_sum", "graph readout: mean_sum = [mean | sum / 40] of the atom states", group=MODEL,
+    readout: str = option("mean_sum", "graph readout: mean_sum = [mean | sum / 10] of the atom states", group=MODEL,
                           choices=READOUT_NAMES)
     attention: str = option("bonds", "attend over bonds, or over atom pairs within --pair-distance with a learned "
                                      "distance bias", group=MODEL, choices=ATTENTION_NAMES)
