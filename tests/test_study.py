@@ -243,3 +243,33 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "--seeds: a seed is a non-negative integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # no abbreviation of --datasets to TrainConfig's --dataset
         main(["study", "--dataset", "esol"])
+
+
+def test_study_options_are_the_training_options_but_the_grid(capsys):
+    from dataclasses import fields
+
+    from graphsam_ext.cli import build_parser
+    from graphsam_ext.cli.study import GRID_FIELDS
+    from graphsam_ext.train import TrainConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["study"]
+    by_dest = {}
+    for action in sub._actions:
+        if action.option_strings:
+            by_dest.setdefault(action.dest, []).append(action)
+    for f in fields(TrainConfig):
+        if f.name not in GRID_FIELDS:
+            assert len(by_dest.get(f.name, [])) == 1, f.name
+    for own in ("datasets", "study_data_paths", "optimizers", "seeds", "protocols", "epochs", "patience", "out",
+                "report"):
+        assert len(by_dest[own]) == 1, own
+    flags = {flag for action in sub._actions for flag in action.option_strings}
+    # the grid's fields come only through the study's own options; a run directory is --out
+    for flag in ("--dataset", "--split", "--split-type", "--first-seed", "--num-replicates", "--optimizer", "-i",
+                 "--data", "-o", "--output-dir", "--resume", "--overwrite"):
+        assert flag not in flags, flag
+    assert by_dest["seeds"][0].nargs == "+" and "first_seed" not in by_dest
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert "--rho X" in capsys.readouterr().out
