@@ -145,6 +145,7 @@ def test_report_on_synthetic_cells(tmp_path):
     assert "sign-flip permutation test" in text and payload["test"] == SIGN_FLIP
     assert "4/4!" in text and "esol/random/sam/seed2" in text
     assert "| sam | 3 | -0.0667 | 0.1528 | 6.45 % | better | -0.76 | 0.750 |" in text
+    assert "| sam | 1 | 1 (0 with p < 0.05) | 0 (0 with p < 0.05) |" in text
     assert "GROVER" in text and "0.619 ± 0.089" in text and "different backbones" in text
     assert str(broken) in text and payload["cpu_seconds"]["finished_cells"] == pytest.approx(21.0)
     assert "## Throughput" not in text  # no GraphSAM cell: nothing to set beside the paper's ratios

@@ -116,7 +116,7 @@ class StudyPlan:
         if clash:
             raise UserError(f"--data-path: a CSV named {clash[0]}.csv would share the cells of the MoleculeNet "
                             f"dataset {clash[0]}; rename the file")
-        for label, path in self.data_paths.items():
+        for path in self.data_paths.values():
             if not Path(path).is_file():
                 raise UserError(f"--data-path: {path} does not exist or is not a file")
         self.protocols = check_protocols(self.protocols)

@@ -194,6 +194,30 @@ def _group_section(group: dict, plots: dict) -> list[str]:
     return lines + [""]
 
 
+def _at_a_glance(groups: dict, alpha: float = 0.05) -> list[str]:
+    """Per optimizer: in how many (dataset, protocol) groups its mean beats Adam's, and how many of
+    those differences have p < alpha; stated for worse as well, so a loss is not hidden."""
+    tally: dict = {}
+    for group in groups.values():
+        for opt, p in group["paired"].items():
+            t = tally.setdefault(opt, {"better": 0, "worse": 0, "better_sig": 0, "worse_sig": 0, "groups": 0})
+            t["groups"] += 1
+            if p["better"] is None:
+                continue
+            side = "better" if p["better"] else "worse"
+            t[side] += 1
+            if p["p"] is not None and not math.isnan(p["p"]) and p["p"] < alpha:
+                t[f"{side}_sig"] += 1
+    if not tally:
+        return []
+    rows = [[opt, t["groups"], f"{t['better']} ({t['better_sig']} with p < {alpha})",
+             f"{t['worse']} ({t['worse_sig']} with p < {alpha})"] for opt, t in tally.items()]
+    return [f"Against {BASELINE} at a glance: in how many (dataset, protocol) groups each optimizer's mean test metric "
+            f"over the paired seeds is better or worse than {BASELINE}'s.", "",
+            *_table(["optimizer", "groups with pairs", f"better than {BASELINE}", f"worse than {BASELINE}"], rows),
+            ""]
+
+
 def _throughput_section(groups: dict) -> list[str]:
     rows = []
     for group in groups.values():
@@ -335,6 +359,7 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
     lines += ["", "## Results", ""]
     if not groups:
         lines += ["No finished cells yet.", ""]
+    lines += _at_a_glance(groups)
     for key, group in groups.items():
         lines += _group_section(group, plots.get(f"{key[0]}/{key[1]}", {}))
     if plot_note:
