@@ -173,3 +173,36 @@ def test_importing_graphsam_ext_does_not_import_chemprop_or_lightning():
             "print(sorted(m for m in ('chemprop', 'lightning', 'torch_geometric') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("optimizer, per_epoch", [("graphsam", lambda t: t + 1), ("sam", lambda t: 2 * t)])
+def test_chemprops_own_cli_trains_with_our_optimizer(tmp_path, optimizer, per_epoch):
+    """graphsam_ext/peers/chemprop_optimizer_launcher.py: chemprop's `chemprop train` with ours."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import graphsam_ext
+
+    launcher = Path(graphsam_ext.__file__).parent / "peers" / "chemprop_optimizer_launcher.py"
+    data = tmp_path / "data.csv"
+    data.write_text("smiles,y\n" + "".join(f"{s},{len(s) / 10}\n" for s in SMILES))
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps([{"train": list(range(8)), "val": [8, 9], "test": [10, 11]}]))
+    epochs, batches = 2, 2
+    cmd = [sys.executable, str(launcher), "--optimizer", optimizer, "--optimizer-args", '{"rho": 0.01}',
+           "--graphsam-ext-path", str(Path(graphsam_ext.__file__).parents[1]), str(tmp_path / "timing.json"),
+           "train", "-i", str(data), "-s", "smiles", "--target-columns", "y", "-t", "regression",
+           "--splits-file", str(splits), "--epochs", str(epochs), "--warmup-epochs", "1", "-b", "4",
+           "--num-workers", "0", "--accelerator", "cpu", "-o", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["optimizer"]["name"] == optimizer and timing["optimizer"]["options"] == {"rho": 0.01}
+    (fit,) = timing["optimizer"]["fits"]
+    assert fit["class"] == {"graphsam": "GraphSAM", "sam": "SAM"}[optimizer]
+    assert fit["steps"] == epochs * batches
+    assert fit["closure_calls"] == epochs * per_epoch(batches)
+    assert len(timing["fits"][0]["epochs"]) == epochs  # chemprop_launcher's clock ran too
+    assert (tmp_path / "run" / "model_0" / "test_predictions.csv").is_file()

@@ -65,6 +65,9 @@ CHEMPROP_SET_BY_BENCH = {"-i", "--data-path", "-s", "--smiles-columns", "--targe
                          "--splits-file", "--epochs", "-o", "--output-dir", "--save-dir", "--pytorch-seed",
                          "--data-seed", "--num-replicates", "--split", "--split-type", "--split-sizes"}
 LAUNCHER = Path(__file__).with_name("chemprop_launcher.py")
+# chemprop's training with our optimizer in place of its Adam (graphsam_ext.integrations.chemprop)
+OPTIMIZER_LAUNCHER = Path(__file__).with_name("chemprop_optimizer_launcher.py")
+CHEMPROP_OPTIMIZERS = ("adam", "graphsam", "sam", "asam")
 METRIC = {"classification": "roc_auc", "regression": "rmse"}
 METRIC_LABEL = {"roc_auc": "ROC-AUC (higher is better)", "rmse": "RMSE (lower is better)"}
 CHEMPROP = "chemprop"
@@ -335,7 +338,7 @@ def _fmt(v, digits=3):
 
 
 def _contender_order(name: str) -> tuple:
-    return (name == CHEMPROP, name)
+    return (name == CHEMPROP or name.startswith(CHEMPROP + "-"), name)
 
 
 def format_table(pieces: list[dict]) -> str:
@@ -566,9 +569,13 @@ class Bench:
                                      "so that the bench makes them again")
         return files
 
-    def chemprop_piece(self, dataset: str, split: str) -> dict:
+    def chemprop_piece(self, dataset: str, split: str, optimizer: str = "adam") -> dict:
+        """chemprop's default D-MPNN trained by chemprop's CLI; with an ``optimizer`` other than
+        "adam" (chemprop's own) through OPTIMIZER_LAUNCHER, which puts ours in place of its Adam."""
         o = self.opts
-        piece_dir = self.out / CHEMPROP / dataset / split
+        ours = optimizer != "adam"
+        contender = f"{CHEMPROP}-{optimizer}" if ours else CHEMPROP
+        piece_dir = self.out / contender / dataset / split
         data = self.dataset(dataset)
         first_run = self.out / f"ours-{o.optimizers[0]}" / dataset / split / "run"
         check_molecule_count(first_run / "results.json", len(data))
@@ -578,6 +585,8 @@ class Bench:
         inputs = hashlib.sha256(json.dumps([csv_meta["smiles_sha256"], replicates]).encode()).hexdigest()
         request = {"dataset": dataset, "split": split, "epochs": o.epochs, "seeds": o.seeds,
                    "chemprop_args": o.chemprop_args, "inputs_sha256": inputs}
+        if ours:
+            request.update(optimizer=optimizer, optimizer_args=o.chemprop_optimizer_args)
         cached = _cached_piece(piece_dir / PIECE_FILE, request)
         if cached is not None:
             self.log(f"  chemprop: cached in {piece_dir}")
@@ -606,15 +615,21 @@ class Bench:
                     "-o", str(seed_dir / "run"), "--pytorch-seed", str(seed), "--data-seed", str(seed),
                     *warmup, *shlex.split(o.chemprop_args)]
             plain = [str(self.venv / "bin" / "chemprop"), *args]
-            self.log(f"  chemprop seed {seed}: {shlex.join(plain)}")
             cmd = [str(self.venv / "bin" / "python"), str(LAUNCHER), str(seed_dir / "timing.json"), *args]
+            if ours:  # no plain chemprop command does this: the launcher's is the one to rerun
+                cmd = [str(self.venv / "bin" / "python"), str(OPTIMIZER_LAUNCHER), *self.optimizer_flags(optimizer),
+                       str(seed_dir / "timing.json"), *args]
+                plain = cmd
+            self.log(f"  chemprop seed {seed}: {shlex.join(plain)}")
             wall = _run_logged(cmd, seed_dir / "chemprop.log", f"chemprop train ({dataset}, {split}, seed {seed})")
             entry = {**read_chemprop_seed(seed_dir, data, rep, seed), "process_seconds": wall}
+            if ours:
+                entry["optimizer"] = json.loads((seed_dir / "timing.json").read_text()).get("optimizer")
             _write_json(result_path, {"request": seed_request, "command": plain, "result": entry})
             per_seed[str(seed)], commands[str(seed)] = entry, plain
         version = next((e["chemprop_version"] for e in per_seed.values() if e.get("chemprop_version")), None)
         label = f"chemprop {version}" if version else "chemprop"
-        piece = {"contender": CHEMPROP, "label": f"{label} (default D-MPNN)",
+        piece = {"contender": contender, "label": f"{label} (default D-MPNN{', ' + optimizer if ours else ''})",
                  "dataset": dataset, "split": split, "task_type": data.task_type, "metric": METRIC[data.task_type],
                  "epochs": o.epochs, "request": request, "commands": commands,
                  "wall_seconds": sum(e.get("process_seconds") or 0.0 for e in per_seed.values()),
@@ -623,6 +638,12 @@ class Bench:
                  "per_seed": per_seed}
         _write_json(piece_dir / PIECE_FILE, piece)
         return piece
+
+    def optimizer_flags(self, optimizer: str) -> list[str]:
+        """OPTIMIZER_LAUNCHER's own flags: the optimizer, its options, where graphsam_ext lives."""
+        package_parent = Path(__file__).resolve().parents[2]
+        return ["--optimizer", optimizer, "--optimizer-args", json.dumps(self.opts.chemprop_optimizer_args),
+                "--graphsam-ext-path", str(package_parent)]
 
     def ensure_chemprop(self) -> None:
         if (self.venv / "bin" / "chemprop").is_file():
@@ -645,7 +666,8 @@ class Bench:
                 self.log(f"{dataset}, {split}:")
                 for opt in o.optimizers:
                     pieces.append(self.ours_piece(opt, dataset, split))
-                pieces.append(self.chemprop_piece(dataset, split))
+                for chemprop_optimizer in o.chemprop_optimizers:
+                    pieces.append(self.chemprop_piece(dataset, split, chemprop_optimizer))
         return pieces
 
 
@@ -685,6 +707,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chemprop-args", default="", metavar="ARGS",
                    help="extra `chemprop train` flags in one string, with \"=\" like --graphsam-args (default "
                         "none: chemprop's defaults)")
+    p.add_argument("--chemprop-optimizers", nargs="+", default=["adam"], choices=CHEMPROP_OPTIMIZERS, metavar="NAME",
+                   help="optimizers chemprop's own training runs with, one chemprop contender each: adam (chemprop's "
+                        "own, the default), graphsam, sam, asam (ours in place of its Adam, its learning-rate "
+                        "schedule kept)")
+    p.add_argument("--chemprop-optimizer-args", default="", metavar="ARGS",
+                   help="options of our optimizers in chemprop, key=value pairs in one string: "
+                        '--chemprop-optimizer-args="rho=0.05 beta=0.99" (default: the optimizers\' defaults)')
     p.add_argument("--report", action="store_true", help="run nothing: aggregate the pieces already under --out")
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder of the MoleculeNet CSVs (default $GRAPHSAM_DATA_DIR, else ../shared/data/moleculenet "
@@ -697,6 +726,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_optimizer_args(text: str) -> dict:
+    """``"rho=0.05 beta=0.99"`` -> ``{"rho": 0.05, "beta": 0.99}`` (values read as JSON: numbers,
+    true / false, null; anything else stays a string)."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise BenchError(f"--chemprop-optimizer-args: cannot split {text!r} ({exc})") from exc
+    out = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key.isidentifier():
+            raise BenchError(f"--chemprop-optimizer-args: {token!r} is not key=value; write e.g. "
+                             '--chemprop-optimizer-args="rho=0.05 beta=0.99"')
+        if key in out:
+            raise BenchError(f"--chemprop-optimizer-args: {key} is given twice")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def resolve_options(argv=None) -> argparse.Namespace:
     opts = build_parser().parse_args(argv)
     if opts.epochs < 1:
@@ -705,7 +756,7 @@ def resolve_options(argv=None) -> argparse.Namespace:
     if min(seeds) < 0 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         raise BenchError(f"--seeds must be consecutive non-negative integers in increasing order (graphsam train runs "
                          f"seeds S..S+N-1), got {' '.join(map(str, seeds))}; e.g. --seeds 0 1 2")
-    for flag in ("datasets", "splits", "optimizers"):
+    for flag in ("datasets", "splits", "optimizers", "chemprop_optimizers"):
         values = getattr(opts, flag)
         if len(set(values)) != len(values):
             raise BenchError(f"--{flag} lists a value twice: {' '.join(values)}")
@@ -719,6 +770,7 @@ def resolve_options(argv=None) -> argparse.Namespace:
         if taken:
             raise BenchError(f"{option}: {taken[0]} is set by the bench itself (same for every contender); use the "
                              "bench's own --datasets, --splits, --seeds, --epochs, --optimizers or --out instead")
+    opts.chemprop_optimizer_args = parse_optimizer_args(opts.chemprop_optimizer_args)
     root = _repo_root()
     if opts.data_dir is None:
         opts.data_dir = os.environ.get("GRAPHSAM_DATA_DIR") or _short(root.parent / "shared" / "data" / "moleculenet")
