@@ -60,3 +60,20 @@ cmake-check: setup
 
 clean:
 	rm -rf build graphsam_ext/_C*.so
+
+# Lightning, chemprop and PyG integrations (tests/test_integrations_*.py) in their own venv with the
+# versions they were tested with; the package is installed there editable, using the native library
+# that `build` compiles in place against the same torch
+INTEGRATIONS_VENV := .venv-integrations
+INTEGRATION_PACKAGES := chemprop==2.3.1 lightning==2.6.6 torch_geometric==2.8.1 rdkit pytest numpy
+.PHONY: test-integrations
+
+$(INTEGRATIONS_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(INTEGRATIONS_VENV)
+	$(INTEGRATIONS_VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(INTEGRATIONS_VENV)/bin/pip install -q $(TORCH_CPU) $(INTEGRATION_PACKAGES)
+	GRAPHSAM_EXT_BUILD_NATIVE=0 $(INTEGRATIONS_VENV)/bin/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test-integrations: build $(INTEGRATIONS_VENV)/.ready
+	GRAPHSAM_REQUIRE_NATIVE=1 $(INTEGRATIONS_VENV)/bin/python -m pytest -q tests/test_integrations_*.py
