@@ -8,7 +8,7 @@ from torch import Tensor
 
 from graphsam_ext import _backend
 from graphsam_ext.optim.base import BaseSpec, base_defaults, check_nonnegative, parse_base, validate_group
-from graphsam_ext.optim.engines import ENGINES
+from graphsam_ext.optim.engines import ENGINES, GRAD, Term
 from graphsam_ext.optim.flat import FLAT_DTYPES
 
 IMPLEMENTATIONS = tuple(ENGINES)
@@ -195,6 +195,29 @@ class SAMFamily(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place (they are views into flat buffers in the fused path)."""
         self.engine.zero_grad()
+
+    # -- clipping ------------------------------------------------------------------------------
+    max_grad_norm = None  # set by the subclasses that take ``max_grad_norm``
+
+    @staticmethod
+    def _check_max_grad_norm(value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"max_grad_norm: expected None or a number > 0, got {value!r}")
+        return float(value)
+
+    def _clip_grad(self, sq: Tensor) -> Tensor | None:
+        """Scale the updating gradient to global norm at most ``max_grad_norm`` (torch's
+        ``clip_grad_norm_``: coefficient max_norm / (norm + 1e-6), at most 1), from the norm the step
+        has already computed. Returns the coefficient (0-dim, on the device; None without
+        clipping); one element-wise pass over the gradients, no host read."""
+        if self.max_grad_norm is None:
+            return None
+        coef = torch.clamp(self.max_grad_norm / (sq.sqrt() + 1e-6), max=1.0)
+        coef = torch.where(torch.isfinite(sq), coef, torch.ones_like(coef))  # a skipped step: left alone
+        self.engine.combine(GRAD, [Term(coef, GRAD)])
+        return coef
 
     # -- zero and non-finite norms -----------------------------------------------------------------
     @staticmethod

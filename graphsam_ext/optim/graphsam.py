@@ -49,6 +49,9 @@ class GraphSAM(SAMFamily):
         adaptive: ASAM-style theta^2 scaling of the perturbation.
         radius: per-tensor clip of the perturbation norm (None: no clip; "reference" mode: rho).
         rho_schedule: "step" or "compounding".
+        max_grad_norm: clip the updating gradient w (at theta + eps) to this global norm before the
+            base update, as ``clip_grad_norm_`` would (None: no clipping); the EMA still folds in
+            w / ||w|| of the unclipped w.
 
     The two-phase API for custom loops: if ``needs_exact_gradient`` compute grads at theta and
     call ``exact_gradient_step()``; then ``first_step()``; compute grads; ``second_step()``.
@@ -60,7 +63,8 @@ class GraphSAM(SAMFamily):
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, beta: float = 0.99, gamma: float = 0.5,
                  lam: int = 1, steps_per_epoch: int | None = None, mode: str = "paper",
                  normalization: str | None = None, adaptive: bool | None = None, radius: float | None = None,
-                 rho_schedule: str | None = None, implementation: str | None = None, **base_kwargs):
+                 rho_schedule: str | None = None, max_grad_norm: float | None = None,
+                 implementation: str | None = None, **base_kwargs):
         rho = check_nonnegative("rho", rho)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta: expected a value in [0, 1), got {beta!r}")
@@ -90,6 +94,7 @@ class GraphSAM(SAMFamily):
         self.raw_start = ref
         self.radius0 = (float(rho) if ref else None) if radius is None else float(radius)
         self.rho_schedule = rho_schedule
+        self.max_grad_norm = self._check_max_grad_norm(max_grad_norm)
         self.epoch = -1
         self.step_in_epoch = 0
         self.radius = self.radius0
@@ -195,9 +200,14 @@ class GraphSAM(SAMFamily):
         skip = self._nonfinite(sq)
         if self._pending_skip is not None:
             skip = skip | self._pending_skip
+        inv = self._inv_norm(sq)
+        if self.max_grad_norm is not None:
+            total = sq if not per_tensor and not shift else self.engine.grad_sq()
+            coef = self._clip_grad(total)
+            inv = inv / coef  # the EMA folds in the clipped gradient: c w / (c ||w||) = w / ||w||
         if self._ema:
             # the EMA of w / ||w|| runs with the restore and base update (one pass in the fused engine)
-            self._direction_sq = self.engine.base_step(skip, restore=True, fold=(self._inv_norm(sq), self.beta))
+            self._direction_sq = self.engine.base_step(skip, restore=True, fold=(inv, self.beta))
         else:
             self.engine.base_step(skip, restore=True)
         if self._saved_direction is not None:
@@ -249,6 +259,8 @@ class SAMOne(GraphSAM):
     _ema = False
 
     def __init__(self, params, base_optimizer="adam", rho: float = 0.05, gamma: float = 0.5, lam: int = 1,
-                 steps_per_epoch: int | None = None, implementation: str | None = None, **base_kwargs):
+                 steps_per_epoch: int | None = None, max_grad_norm: float | None = None,
+                 implementation: str | None = None, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, beta=0.0, gamma=gamma, lam=lam,
-                         steps_per_epoch=steps_per_epoch, implementation=implementation, **base_kwargs)
+                         steps_per_epoch=steps_per_epoch, max_grad_norm=max_grad_norm,
+                         implementation=implementation, **base_kwargs)
