@@ -31,7 +31,74 @@ def add_parsers(sub) -> None:
         p = sub.add_parser(command, help=short, description=description)
         add_config_options(p, command)
         add_execution_options(p, num_threads=1 if command == "compare" else None)
+        _add_launch_options(p)
         p.set_defaults(handler=run)
+
+
+def _add_launch_options(parser) -> None:
+    g = parser.add_argument_group("distributed (torchrun; see docs/scaling.md)")
+    g.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="data-parallel training over N processes on this machine (one per GPU with --device cuda), "
+                        "started with torchrun; --batch-size stays the global batch (default: one process)")
+    g.add_argument("--nnodes", metavar="N", help="torchrun --nnodes: machines taking part (default 1)")
+    g.add_argument("--node-rank", type=int, metavar="K", help="torchrun --node-rank: this machine's index")
+    g.add_argument("--master-addr", metavar="HOST", help="torchrun --master-addr: the address of node 0")
+    g.add_argument("--master-port", type=int, metavar="PORT", help="torchrun --master-port: a free port on node 0")
+
+
+def _wait_for_marker(run_dir: Path, timeout: float = 600.0) -> None:
+    """On a machine other than node 0: wait until node 0 has prepared the shared run directory."""
+    from graphsam_ext.train.experiment import RUN_MARKER
+
+    deadline = time.monotonic() + timeout
+    while not (run_dir / RUN_MARKER).is_file():
+        if time.monotonic() > deadline:
+            raise UserError(f"--output-dir {run_dir}: node 0 has not written {RUN_MARKER} there within "
+                            f"{timeout:.0f} s; start node 0 too, and use a directory every machine sees")
+        time.sleep(1.0)
+
+
+def _launch(args) -> int:
+    """Start ``torchrun`` with ``--nproc-per-node`` workers. The run directory and its
+    config.json are made here, once; every worker then runs ``--resume`` on it (which starts a
+    fresh run when there is nothing to resume yet), so all of them train the same configuration."""
+    import os
+    import subprocess
+
+    from graphsam_ext.train.distributed import torchrun_command
+    from graphsam_ext.train.experiment import write_run_marker
+
+    command = args.command
+    multi_node = args.nnodes is not None and str(args.nnodes) not in ("1", "1:1")
+    if multi_node and not args.resume and not args.output_dir:
+        raise UserError("--nnodes: pass the same --output-dir on every machine, on a filesystem they all see "
+                        "(checkpoints are written by rank 0 and read by every rank on resume)")
+    if args.resume:
+        _, run_dir = _resume_config(args)
+        overrides = []
+        for key in RESUMABLE_OVERRIDES:
+            if getattr(args, key, None) is not None:
+                overrides += [flag_of(key), str(getattr(args, key))]
+    else:
+        cfg = config_from_args(args, command)
+        _check_data_path(cfg)
+        run_dir = Path(args.output_dir) if args.output_dir else _new_run_dir(command, cfg.data_label)
+        if args.node_rank in (None, 0):
+            _prepare_output_dir(run_dir, args.overwrite)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_marker(run_dir, cfg, ["graphsam", *sys.argv[1:]])
+        else:
+            _wait_for_marker(run_dir)
+        overrides = []
+    worker = [command, "--resume", str(run_dir), *overrides, "--device", args.device]
+    if args.num_threads is not None:
+        worker += ["--num-threads", str(args.num_threads)]
+    if args.quiet:
+        worker.append("--quiet")
+    cmd = torchrun_command(worker, args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
+                           master_addr=args.master_addr, master_port=args.master_port)
+    print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, env=os.environ.copy())
 
 
 def _new_run_dir(command: str, label: str) -> Path:
@@ -97,27 +164,46 @@ def run(args) -> int:
     from graphsam_ext.train.experiment import load_data
     from graphsam_ext.train.loop import build_model
 
+    from graphsam_ext.train.distributed import from_environment
+
     command = args.command
+    if args.nproc_per_node is not None:
+        return _launch(args)
     device = setup_execution(args)
+    dist = from_environment(device)  # a torchrun worker of a data-parallel run
+    main = dist is None or dist.is_main
+    if dist is not None:
+        device = dist.device
     if args.resume:
         cfg, run_dir = _resume_config(args)
     else:
         cfg = config_from_args(args, command)
         _check_data_path(cfg)
         run_dir = Path(args.output_dir) if args.output_dir else _new_run_dir(command, cfg.data_label)
+        if dist is not None:
+            raise UserError("a torchrun worker needs the run directory prepared once: start it with graphsam "
+                            f"{command} --nproc-per-node N (or pass --resume DIR of a prepared run)")
         _prepare_output_dir(run_dir, args.overwrite)
-    log = logger(args)
-    dataset = load_data(cfg)
+    log = logger(args) if main else (lambda msg: None)
+    if main:  # rank 0 featurizes (and fills the cache) before the other ranks read it
+        dataset = load_data(cfg)
+    if dist is not None:
+        dist.barrier()
+        if not main:
+            dataset = load_data(cfg)
     _report_data(dataset, log)
     n_params = build_model(cfg, dataset).num_parameters()
+    processes = "" if dist is None else f" x {dist.world_size} processes"
     log(f"model: {n_params:,} parameters; optimizers: {', '.join(cfg.optimizers)}; seeds: {cfg.seed_list}; "
-        f"device: {device}; run directory: {run_dir}")
+        f"device: {device}{processes}; run directory: {run_dir}")
     try:
-        results = run_experiment(cfg, run_dir, device, progress=show_progress(args), log=log,
-                                 command=["graphsam", *sys.argv[1:]], dataset=dataset)
+        results = run_experiment(cfg, run_dir, device, progress=show_progress(args) and main, log=log,
+                                 command=["graphsam", *sys.argv[1:]], dataset=dataset, dist=dist)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: graphsam {command} --resume {run_dir}", file=sys.stderr)
         return 130
+    if not main:
+        return 0
     baseline = "adam" if "adam" in cfg.optimizers and len(cfg.optimizers) > 1 else None
     print(f"\n{results['data']['label']}: {results['protocol']}")
     print(format_table(results["summary"], results["data"]["task_type"], baseline))

@@ -33,6 +33,13 @@ from graphsam_ext.train.targets import TargetScaler
 RUN_MARKER = "config.json"
 
 
+def write_run_marker(run_dir: Path, cfg: TrainConfig, command: list[str] | None) -> None:
+    """``config.json``: the configuration and the command of a run (what ``--resume`` reads)."""
+    (Path(run_dir) / RUN_MARKER).write_text(json.dumps(
+        {"graphsam_ext_version": __version__, "config": cfg.to_dict(), "command": command,
+         "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+
+
 def load_data(cfg: TrainConfig):
     """The dataset named by ``cfg`` (a CSV, a MoleculeNet name, or the embedded default)."""
     from graphsam_ext.data import Featurizer, load_dataset
@@ -46,8 +53,9 @@ def load_data(cfg: TrainConfig):
     )
 
 
-def split_for_seed(cfg: TrainConfig, dataset, seed: int, run_dir: Path) -> SplitData:
-    """This seed's split (read back from the run directory when it was made before)."""
+def split_for_seed(cfg: TrainConfig, dataset, seed: int, run_dir: Path, write: bool = True) -> SplitData:
+    """This seed's split (read back from the run directory when it was made before; written
+    there unless ``write`` is false)."""
     path = run_dir / "splits" / f"seed{seed}.json"
     from graphsam_ext.data import load_split, save_split, split_indices
 
@@ -58,7 +66,8 @@ def split_for_seed(cfg: TrainConfig, dataset, seed: int, run_dir: Path) -> Split
             [int(i) for i in part]
             for part in split_indices(dataset, kind=cfg.split, fractions=cfg.split_fractions, seed=seed)
         )
-        save_split(path, (train, val, test), kind=cfg.split, seed=seed)
+        if write:
+            save_split(path, (train, val, test), kind=cfg.split, seed=seed)
     if not train or not val or not test:
         raise UserError(
             f"the {cfg.split} split of {len(dataset)} molecules with fractions {cfg.split_fractions} leaves an "
@@ -124,10 +133,12 @@ def summarize(results: dict, task_type: str) -> dict:
 
 def protocol_text(cfg: TrainConfig, metric: str) -> str:
     frac = "/".join(f"{round(f * 100)}" for f in cfg.split_fractions)
+    accumulated = f" x {cfg.accumulate} accumulated micro-batches" if cfg.accumulate > 1 else ""
     return (
         f"{cfg.split} split {frac}; seeds {cfg.seed_list} (seed sets the split where the split is random, the "
         f"initial weights and the batch order; every optimizer sees the same split, weights and batches); "
-        f"up to {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.schedule} LR schedule with peak {cfg.lr}; "
+        f"up to {cfg.epochs} epochs, batch {cfg.batch_size}{accumulated}, {cfg.schedule} LR schedule with peak "
+        f"{cfg.lr}; "
         f"model selected on validation {metric}, early stop after {cfg.patience} epochs without improvement; "
         f"test metrics of the selected epoch, mean +- sample std over seeds"
     )
@@ -193,22 +204,26 @@ def environment(device: torch.device) -> dict:
 
 def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = False,
                    log: Callable[[str], None] | None = None, command: list[str] | None = None,
-                   dataset=None, stop_after_epochs: int | None = None) -> dict:
+                   dataset=None, stop_after_epochs: int | None = None, dist=None) -> dict:
     """Train every optimizer of ``cfg`` on every seed and write the results into ``run_dir``.
 
     Within a seed the optimizers take turns epoch by epoch, so that load changes on a shared
     machine hit every optimizer alike (each run keeps its own random stream, so the interleaving
     does not change any result). Finished (optimizer, seed) pairs found in ``run_dir`` are reused and unfinished ones resume
     from their ``last.pt``. Returns the content of results.json.
+
+    dist: this process's ``distributed.DistContext`` when it is one rank of a data-parallel run
+    (every rank calls this function; only rank 0 logs and writes files).
     """
-    log = log or (lambda msg: None)
+    main = dist is None or dist.is_main
+    log = (log or (lambda msg: None)) if main else (lambda msg: None)
+    progress = progress and main
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     marker = run_dir / RUN_MARKER
-    if not marker.exists():
-        marker.write_text(json.dumps({"graphsam_ext_version": __version__, "config": cfg.to_dict(),
-                                      "command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    if main and not marker.exists():
+        write_run_marker(run_dir, cfg, command)
     if dataset is None:
         dataset = load_data(cfg)
     task_type = dataset.task_type
@@ -222,7 +237,14 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
     results: dict = {opt: {} for opt in cfg.optimizers}
     split_sizes = {}
     for seed in cfg.seed_list:
-        data = split_for_seed(cfg, dataset, seed, run_dir)
+        if dist is None:
+            data = split_for_seed(cfg, dataset, seed, run_dir)
+        else:  # rank 0 writes the split file before the others read it
+            if dist.is_main:
+                data = split_for_seed(cfg, dataset, seed, run_dir)
+            dist.barrier()
+            if not dist.is_main:
+                data = split_for_seed(cfg, dataset, seed, run_dir, write=False)
         split_sizes[seed] = [len(data.train), len(data.val), len(data.test)]
         runners = {}
         for opt in cfg.optimizers:
@@ -235,7 +257,7 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
                 if epochs_run >= cfg.epochs or epochs_run - res.get("best_epoch", 0) >= cfg.patience:
                     results[opt][seed] = res
                     continue
-            runners[opt] = SeedRun(cfg, opt, seed, data, seed_dir, device, progress=progress, log=log)
+            runners[opt] = SeedRun(cfg, opt, seed, data, seed_dir, device, progress=progress, log=log, dist=dist)
         limit = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
         for epoch in range(1, limit + 1):
             for opt, runner in runners.items():
@@ -250,11 +272,14 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
                     f"{res['passes_per_epoch']:.0f} passes/epoch, {res['num_parameters']:,} parameters")
             else:
                 log(f"{opt:>12} seed {seed}: stopped after epoch {res['epochs_run']}; resume to continue")
-        _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots=False)
-    return _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots=True)
+        if main:
+            _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots=False)
+    return _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots=True,
+                          write=main)
 
 
-def _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots: bool) -> dict:
+def _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, command, plots: bool,
+                   write: bool = True) -> dict:
     task_type = dataset.task_type
     summary = summarize(results, task_type)
     payload = {
@@ -280,6 +305,8 @@ def _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, 
             for opt, by_seed in results.items()
         },
     }
+    if not write:
+        return payload
     write_metrics_csv(results, run_dir / "metrics.csv", task_type)
     if plots:
         payload["plots"] = [p.name for p in _plots(results, metric, run_dir)]

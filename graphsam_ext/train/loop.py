@@ -16,8 +16,11 @@ import torch
 from graphsam_ext import __version__
 from graphsam_ext.errors import UserError
 from graphsam_ext.models import ModelConfig, MolecularGraphTransformer
+from graphsam_ext.optim.accumulate import accumulating_closure
+from graphsam_ext.optim.bn import bn_first_pass_only
 from graphsam_ext.train.checkpoint import load_checkpoint, save_checkpoint
-from graphsam_ext.train.config import TrainConfig
+from graphsam_ext.train import distributed
+from graphsam_ext.train.config import LOCAL_PERTURBATION, TrainConfig
 from graphsam_ext.train.losses import loss_for
 from graphsam_ext.train.metrics import default_metric, evaluate, is_better
 from graphsam_ext.train.optimizers import build_optimizer, zeroes_own_grads
@@ -101,11 +104,16 @@ class SeedRun:
     ``result.json`` into ``out_dir``; an existing ``last.pt`` there is resumed from exactly.
 
     progress: show tqdm bars; log: where one-line messages go (None: nowhere).
+    dist: this process's ``distributed.DistContext`` in a data-parallel run (None: one process).
+    The model is then wrapped in ``DistributedDataParallel``, each rank trains on its shard of
+    every global batch, only rank 0 evaluates (and broadcasts the metrics) and writes files.
     """
 
     def __init__(self, cfg: TrainConfig, optimizer_name: str, seed: int, data: SplitData, out_dir,
-                 device, *, progress: bool = False, log: Callable[[str], None] | None = None):
+                 device, *, progress: bool = False, log: Callable[[str], None] | None = None,
+                 dist: distributed.DistContext | None = None):
         self.cfg = cfg
+        self.dist = dist
         self.optimizer_name = optimizer_name
         self.seed = seed
         self.data = data
@@ -137,18 +145,32 @@ class SeedRun:
     def _setup(self):
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg, self.data.dataset).to(self.device)
+        dist = self.dist
+        if dist is not None and dist.rank > 0:  # every rank starts from the same weights, with its own dropout
+            torch.manual_seed(distributed.rank_seed(self.seed, dist.rank))
         # this run's own random stream (dropout): runs interleaved epoch by epoch in one process
         # must not draw from each other's, or results would depend on what else ran
         self.rng = _rng_state(self.device)
         cfg = self.cfg
         self.optimizer = build_optimizer(self.optimizer_name, self.model.parameters(), **cfg.optimizer_kwargs())
-        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
+        self.own_grads = zeroes_own_grads(self.optimizer)
+        if cfg.clip_grad_norm is not None and self.own_grads:
+            self.optimizer.max_grad_norm = cfg.clip_grad_norm  # the SAM family clips inside its step
+        self.forward_model = self.model
+        self.world_size = 1 if dist is None else dist.world_size
+        if dist is not None:
+            distributed.check_shardable(len(self.data.train), cfg.batch_size, dist.world_size)
+            # after the optimizer: DDP's buckets see the parameters in the fused engine's flat buffers
+            self.forward_model = dist.wrap(self.model)
+            if cfg.local_perturbation and self.optimizer_name in LOCAL_PERTURBATION:
+                self.optimizer.perturbation_context = self.forward_model.no_sync
+        self.label_counts = distributed.label_counts(self.data.dataset)
+        self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / (cfg.batch_size * cfg.accumulate)))
         self.scheduler = StepSchedule(
             self.optimizer, schedule=cfg.schedule, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.lr,
             init_lr=cfg.init_lr, final_lr=cfg.final_lr, warmup_epochs=cfg.warmup_epochs,
             decay_epochs=cfg.decay_epochs, total_epochs=cfg.epochs,
         )
-        self.own_grads = zeroes_own_grads(self.optimizer)
         self.history: list[dict] = []
         self.best_value: float | None = None
         self.best_epoch = -1
@@ -169,9 +191,16 @@ class SeedRun:
         self.bad_epochs = ckpt["bad_epochs"]
         # a resumed run may also be given more patience
         self.stopped_early = self.bad_epochs >= self.cfg.patience
-        self.rng = ckpt["rng"]
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.world_size:
+            raise UserError(f"{self.out_dir / 'last.pt'} was written by a run over {saved_world} process(es); "
+                            f"resume it with --nproc-per-node (times --nnodes) {saved_world}, not {self.world_size}")
+        self.rng = ckpt["rng"] if self.dist is None else ckpt["rng_ranks"][self.dist.rank]
 
     def _save_last(self) -> None:
+        rngs = None if self.dist is None else self.dist.gather_objects(self.rng)
+        if self.dist is not None and not self.dist.is_main:
+            return
         save_checkpoint(
             {
                 **self._static_payload(),
@@ -186,11 +215,15 @@ class SeedRun:
                 "bad_epochs": self.bad_epochs,
                 "stopped_early": self.stopped_early,
                 "rng": self.rng,
+                "world_size": self.world_size,
+                **({} if rngs is None else {"rng_ranks": rngs}),
             },
             self.out_dir / "last.pt",
         )
 
     def _save_best(self) -> None:
+        if self.dist is not None and not self.dist.is_main:
+            return
         save_checkpoint(
             {**self._static_payload(), "epoch": self.best_epoch + 1, "model_state": self.best_state,
              "val_metrics": self.history[self.best_epoch]["val"]},
@@ -203,6 +236,33 @@ class SeedRun:
 
         return make_loader(self.data.dataset, indices, batch_size=self.cfg.batch_size, shuffle=False,
                            num_workers=self.cfg.num_workers)
+
+    def _epoch_steps(self, epoch: int):
+        """The steps of an epoch: per step, this rank's micro-batches (dataset indices) and each
+        one's loss weight. A step is ``accumulate`` consecutive global batches of the epoch order;
+        each is split over the ranks; a micro-batch's mean loss is weighted by its share of the
+        step's present labels times the number of ranks (whose gradients DDP averages), so the
+        step's gradient is that of the mean loss over all its molecules."""
+        cfg, dist = self.cfg, self.dist
+        order = epoch_order(self.data.train, self.seed, epoch)
+        size, n = cfg.batch_size, cfg.accumulate
+        globals_ = [order[i:i + size] for i in range(0, len(order), size)]
+        steps = []
+        for k in range(0, len(globals_), n):
+            group = globals_[k:k + n]
+            mine = group if dist is None else [distributed.shard(b, dist.rank, dist.world_size) for b in group]
+            total = max(int(sum(self.label_counts[i] for b in group for i in b)), 1)
+            weights = [float(sum(self.label_counts[i] for i in b)) * self.world_size / total for b in mine]
+            steps.append((mine, weights))
+        return steps
+
+    def _step_loader(self, steps):
+        """Batches of every micro-batch of ``steps``, in order (DataLoader workers prefetch them)."""
+        from graphsam_ext.data import collate
+
+        return torch.utils.data.DataLoader(self.data.dataset, batch_sampler=[b for mine, _ in steps for b in mine],
+                                           collate_fn=collate, num_workers=self.cfg.num_workers,
+                                           persistent_workers=False)
 
     def _train_epoch(self, epoch: int, bar_factory) -> dict:
         model, opt, device = self.model, self.optimizer, self.device
@@ -217,32 +277,61 @@ class SeedRun:
         _set_rng_state(self.rng, device)
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        for batch in bar_factory(self._loader(epoch_order(self.data.train, self.seed, epoch)),
-                                 total=self.steps_per_epoch, desc=f"epoch {epoch + 1}", leave=False):
-            batch = batch.to(device, non_blocking=True)
+        steps_plan = self._epoch_steps(epoch)
+        batches = iter(self._step_loader(steps_plan))
+        forward = self.forward_model
+        no_sync = forward.no_sync if self.dist is not None else None
+
+        bf16 = self.cfg.precision == "bf16"
+
+        def loss_of(batch):
             target = batch.y if scaler is None else scaler.transform(batch.y)
+            if bf16:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    out = forward(batch)
+                return self.loss_fn(out.float(), target, batch.mask)
+            return self.loss_fn(forward(batch), target, batch.mask)
+
+        for mine, weights in bar_factory(steps_plan, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
+                                         leave=False):
+            micro = [next(batches).to(device, non_blocking=True) for _ in mine]
+            accumulated = accumulating_closure(micro, loss_of, weights, no_sync=no_sync)
 
             def closure():
                 nonlocal passes
                 passes += 1
-                loss = self.loss_fn(model(batch), target, batch.mask)
-                loss.backward()
-                return loss
+                return accumulated()
 
-            if not self.own_grads:
+            if self.own_grads:
+                loss = opt.step(bn_first_pass_only(model, closure) if self.cfg.bn_first_pass_only else closure)
+            elif self.cfg.clip_grad_norm is not None:
                 opt.zero_grad(set_to_none=True)
-            loss = opt.step(closure)
+                with torch.enable_grad():
+                    loss = closure()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
+                opt.step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = opt.step(closure)
             self.scheduler.step()
             loss_sum += loss.detach().to(torch.float64)
             steps += 1
         _sync(device)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         self.rng = _rng_state(device)
+        if self.dist is not None:  # each rank's loss is its weighted share: the sum over ranks / ranks
+            loss_sum = self.dist.sum(loss_sum) / self.world_size
         return {"train_loss": float(loss_sum) / max(steps, 1), "train_seconds": seconds,
                 "train_cpu_seconds": cpu_seconds, "passes": passes,
                 "steps": steps, "lr": lr, "rho": opt.param_groups[0].get("rho")}
 
     def _evaluate(self, indices) -> dict:
+        """Metrics over ``indices``; in a distributed run rank 0 computes them for every rank."""
+        if self.dist is None:
+            return self._evaluate_here(indices)
+        return self.dist.broadcast_object(self._evaluate_here(indices) if self.dist.is_main else None)
+
+    def _evaluate_here(self, indices) -> dict:
         pred, y, mask = predict_batches(self.model, self._loader(indices), self.device, self.data.task_type,
                                         self.data.scaler)
         if pred.size == 0:
@@ -301,7 +390,7 @@ class SeedRun:
                 epochs.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{self.metric}": f"{value:.4f}"})
         finished = self.stopped_early or len(self.history) >= self.cfg.epochs
         result = self._result(finished)
-        if finished:
+        if finished and (self.dist is None or self.dist.is_main):
             (self.out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_json_default))
         return result
 
