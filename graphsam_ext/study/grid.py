@@ -34,6 +34,7 @@ from typing import Callable
 from graphsam_ext import __version__
 from graphsam_ext.errors import UserError
 from graphsam_ext.train.config import TrainConfig
+from graphsam_ext.train.experiment import finite_or_none
 from graphsam_ext.train.metrics import HIGHER_IS_BETTER, metric_names
 from graphsam_ext.train.optimizers import OPTIMIZER_NAMES
 
@@ -187,16 +188,6 @@ def _json_default(o):
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON serializable: {type(o)}")
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _differences(stored: dict, asked: dict) -> list[str]:
@@ -398,7 +389,7 @@ def _run_group(plan, cfg, label, protocol, seed, pending, data, run_dir, device,
                 continue
             del runners[opt]
             path = cell_path(plan.out, label, protocol, seed, opt)
-            write_json_atomic(path, _finite(_cell_payload(cfg, label, protocol, seed, opt, data, result, cpu[opt],
+            write_json_atomic(path, finite_or_none(_cell_payload(cfg, label, protocol, seed, opt, data, result, cpu[opt],
                                                           env, command)))
             done["finished"].append(path)
             test = result.get("test", {}).get(cfg.metric, math.nan)
@@ -438,7 +429,7 @@ def _cell_payload(cfg, label, protocol, seed, opt, data, result, cpu, env, comma
 def _append_invocation(out: Path, entry: dict) -> None:
     """One line, in one write to a file opened for appending."""
     with open(out / INVOCATIONS_FILE, "a") as fh:
-        fh.write(json.dumps(_finite(entry)) + "\n")
+        fh.write(json.dumps(finite_or_none(entry)) + "\n")
 
 
 def study_command(argv=None) -> list[str]:

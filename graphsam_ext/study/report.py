@@ -19,6 +19,7 @@ from graphsam_ext.study import reference
 from graphsam_ext.study.grid import (BASELINE, DATASETS, PROTOCOLS, STUDY_OPTIMIZERS, available_optimizers,
                                      load_study_file, read_invocations, requested_cells, write_json_atomic)
 from graphsam_ext.study.stats import SIGN_FLIP, default_method, paired_test
+from graphsam_ext.train.experiment import finite_or_none
 from graphsam_ext.train.metrics import metric_names
 
 LAST_EPOCH_FLAG = "!"
@@ -290,19 +291,9 @@ def build_report(out, method: str | None = None) -> dict:
         "environments": [json.loads(e) for e in envs], "settings": study.get("settings", {}),
         "groups": {f"{d}/{p}": g for (d, p), g in groups.items()}, "plots": plots,
     }
-    write_json_atomic(out / "report.json", _finite(payload))
+    write_json_atomic(out / "report.json", finite_or_none(payload))
     (out / "report.md").write_text(_markdown(payload, groups, plots, plot_note, invocations, method))
     return payload
-
-
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:

@@ -97,13 +97,14 @@ def _has_both_classes(dataset, indices) -> bool:
     return bool((pos & neg).any())
 
 
-def _finite_or_none(x):
+def finite_or_none(x):
+    """``x`` with every non-finite float (also inside dicts and lists) replaced by None, for JSON."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
+        return {k: finite_or_none(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
+        return [finite_or_none(v) for v in x]
     return x
 
 
@@ -310,7 +311,7 @@ def _write_outputs(cfg, run_dir, dataset, results, split_sizes, metric, device, 
     write_metrics_csv(results, run_dir / "metrics.csv", task_type)
     if plots:
         payload["plots"] = [p.name for p in _plots(results, metric, run_dir)]
-    (run_dir / "results.json").write_text(json.dumps(_finite_or_none(payload), indent=2))
+    (run_dir / "results.json").write_text(json.dumps(finite_or_none(payload), indent=2))
     return payload
 
 
