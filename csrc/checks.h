@@ -102,6 +102,28 @@ inline int64_t check_sum_squares(const at::Tensor& x, const c10::optional<at::Te
   return check_offsets(offsets, x, op, backend);
 }
 
+// unscale_sum_squares_: sum_squares' arguments, the loss scale (one element, any floating dtype)
+// and the found_inf flag (one float32 element, as torch.amp.GradScaler keeps it), both on x's device.
+inline int64_t check_unscale_sum_squares(const at::Tensor& x, const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                                         const c10::optional<at::Tensor>& weight,
+                                         const c10::optional<at::Tensor>& offsets, int64_t weight_power,
+                                         const char* backend) {
+  const char* op = "unscale_sum_squares_";
+  check_scalar_tensor(grad_scale, x, "grad_scale", op, backend);
+  GSE_CHECK(grad_scale.numel() == 1 && grad_scale.is_floating_point(), op, backend,
+            "grad_scale must be one floating-point element (the GradScaler's scale), got ", grad_scale.scalar_type(),
+            " of shape ", grad_scale.sizes());
+  check_scalar_tensor(found_inf, x, "found_inf", op, backend);
+  GSE_CHECK(found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, op, backend,
+            "found_inf must be one float32 element, got ", found_inf.scalar_type(), " of shape ", found_inf.sizes());
+  if (weight.has_value()) {
+    check_no_partial_overlap({{&x, "x"}, {&*weight, "weight"}}, op, backend);
+    GSE_CHECK(weight->data_ptr() != x.data_ptr() || weight->numel() == 0, op, backend,
+              "weight must not be x itself (x is unscaled in place)");
+  }
+  return check_sum_squares(x, weight, offsets, weight_power, backend);
+}
+
 // Checks a 0-dim value, or one value per segment when offsets are given; returns nseg.
 inline int64_t check_segment_values(const at::Tensor& values, const char* name, const at::Tensor& like,
                                     const c10::optional<at::Tensor>& offsets, const char* op, const char* backend) {

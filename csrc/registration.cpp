@@ -6,6 +6,9 @@
 TORCH_LIBRARY(graphsam_ext, m) {
   // ---- flat-buffer SAM / GraphSAM ops (graphsam_ext/ops/sam.py documents each) ----
   m.def("sum_squares(Tensor x, Tensor? weight, Tensor? offsets, int weight_power, float shift) -> Tensor");
+  m.def(
+      "unscale_sum_squares_(Tensor(a!) x, Tensor grad_scale, Tensor(b!) found_inf, Tensor? weight, Tensor? offsets, "
+      "int weight_power, float shift) -> Tensor");
   m.def("zero_(Tensor(a!) x) -> ()");
   m.def(
       "perturb_(Tensor(a!) param, Tensor(b!) backup, Tensor direction, Tensor scale, Tensor? offsets, "

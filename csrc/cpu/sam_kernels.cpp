@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -238,10 +239,17 @@ GSE_CPU_CLONES void sgd_range(T* p, const T* src, const T* g, T* buf, int64_t lo
   }
 }
 
-// Deterministic segmented sum of square_term over fixed chunks.
+// x[lo, hi) *= inv (the loss scale's reciprocal, rounded to T once, as GradScaler.unscale_ does).
+template <typename T>
+GSE_CPU_CLONES void unscale_range(T* x, int64_t lo, int64_t hi, T inv) {
+  for (int64_t i = lo; i < hi; ++i) x[i] = x[i] * inv;
+}
+
+// Deterministic segmented sum of square_term over fixed chunks. With `unscale`, each piece of x is
+// first multiplied by inv in place and then summed while it is still in cache (one pass).
 template <typename T>
 at::Tensor sum_squares_impl(const T* x, const T* w, int power, double shift, int64_t n, const int64_t* offsets,
-                            int64_t nseg, const at::TensorOptions& opts) {
+                            int64_t nseg, const at::TensorOptions& opts, T* unscale = nullptr, T inv = T(1)) {
   const int64_t segs = offsets ? nseg : 1;
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   // partial[c] holds, for chunk c, the sums of the segments it touches, in order
@@ -249,6 +257,7 @@ at::Tensor sum_squares_impl(const T* x, const T* w, int power, double shift, int
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       for_each_segment(offsets, nseg, c * kChunk, std::min(n, (c + 1) * kChunk), [&](int64_t s, int64_t lo, int64_t hi) {
+        if (unscale) unscale_range<T>(unscale, lo, hi, inv);
         partial[c].emplace_back(s, sum_squares_range<T>(x, w, power, shift, lo, hi));
       });
     }
@@ -268,6 +277,30 @@ at::Tensor sum_squares_cpu(const at::Tensor& x, const c10::optional<at::Tensor>&
                                       static_cast<int>(weight_power), shift, x.numel(), offsets_ptr(offsets), nseg,
                                       x.options());
   });
+}
+
+// x <- x / grad_scale (in place), then sum_squares of the result in the same pass; found_inf <- 1
+// where a segment's sum is not finite (never reset, as torch's unscale). The CPU reads the scale
+// from the tensor, which costs no synchronization.
+at::Tensor unscale_sum_squares_cpu(at::Tensor& x, const at::Tensor& grad_scale, at::Tensor& found_inf,
+                                   const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& offsets,
+                                   int64_t weight_power, double shift) {
+  const int64_t nseg = check_unscale_sum_squares(x, grad_scale, found_inf, weight, offsets, weight_power, kBackend);
+  const double inv = 1.0 / grad_scale.to(at::kDouble).item<double>();
+  at::Tensor out = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "unscale_sum_squares_cpu", [&] {
+    scalar_t* xp = x.data_ptr<scalar_t>();
+    return sum_squares_impl<scalar_t>(xp, weight ? weight->data_ptr<scalar_t>() : nullptr,
+                                      static_cast<int>(weight_power), shift, x.numel(), offsets_ptr(offsets), nseg,
+                                      x.options(), xp, static_cast<scalar_t>(inv));
+  });
+  const double* o = out.data_ptr<double>();
+  for (int64_t s = 0; s < out.numel(); ++s) {
+    if (!std::isfinite(o[s])) {
+      found_inf.fill_(1.0);
+      break;
+    }
+  }
+  return out;
 }
 
 void zero_cpu(at::Tensor& x) {
@@ -467,6 +500,7 @@ void sgd_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& momentu
 
 TORCH_LIBRARY_IMPL(graphsam_ext, CPU, m) {
   m.impl("sum_squares", &sum_squares_cpu);
+  m.impl("unscale_sum_squares_", &unscale_sum_squares_cpu);
   m.impl("zero_", &zero_cpu);
   m.impl("perturb_", &perturb_cpu);
   m.impl("direction_update_", &direction_update_cpu);

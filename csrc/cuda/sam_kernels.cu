@@ -88,9 +88,12 @@ struct StepScalars {
   }
 };
 
+// unscale == nullptr: a plain sum. Otherwise x is unscale (the same buffer), multiplied in place by
+// the reciprocal of *grad_scale (float64, rounded to T once, as GradScaler.unscale_) before it is summed.
 template <typename T>
 __global__ void sum_squares_kernel(const T* x, const T* w, int power, double shift, Segments segs, int align,
-                                   double* partials) {
+                                   double* partials, T* unscale = nullptr, const double* grad_scale = nullptr) {
+  const T inv = unscale != nullptr ? static_cast<T>(1.0 / *grad_scale) : T(1);
   for (int64_t seg = blockIdx.y; seg < segs.nseg; seg += gridDim.y) {
     int64_t lo, hi;
     segs.range(seg, lo, hi);
@@ -99,6 +102,11 @@ __global__ void sum_squares_kernel(const T* x, const T* w, int power, double shi
       using A = decltype(access);
       T xv[A::n], wv[A::n];
       load<A>(x + i, xv);
+      if (unscale != nullptr) {
+#pragma unroll
+        for (int k = 0; k < A::n; ++k) xv[k] = xv[k] * inv;
+        store<A>(unscale + i, xv);
+      }
       if (w != nullptr) {
         load<A>(w + i, wv);
       } else {
@@ -134,6 +142,43 @@ at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   launch_sum_partials(partials, grid.x, segs.nseg, out.data_ptr<double>(), false, stream);
+  return offsets ? out : out.squeeze(0);
+}
+
+// found_inf <- 1 where one of the n sums is not finite (every thread that finds one writes the same value).
+__global__ void flag_nonfinite_kernel(const double* sums, int64_t n, float* found_inf) {
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    if (!isfinite(sums[i])) *found_inf = 1.0f;
+}
+
+// x <- x / grad_scale in place and sum_squares of the result, in one pass; found_inf <- 1 where a
+// segment's sum is not finite. The scale is read on the device: no synchronization.
+at::Tensor unscale_sum_squares_cuda(at::Tensor& x, const at::Tensor& grad_scale, at::Tensor& found_inf,
+                                    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& offsets,
+                                    int64_t weight_power, double shift) {
+  const int64_t nseg = check_unscale_sum_squares(x, grad_scale, found_inf, weight, offsets, weight_power, kBackend);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Segments segs = make_segments(offsets, x.numel(), nseg);
+  if (segs.n == 0) {
+    const at::Tensor zeros = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
+    return offsets ? zeros : zeros.squeeze(0);
+  }
+  at::Tensor out = at::empty({segs.nseg}, x.options().dtype(at::kDouble));
+  const at::Tensor scale64 = grad_scale.to(at::kDouble).contiguous();
+  const dim3 grid = segmented_grid(segs.n, segs.nseg);
+  const at::Tensor partials = partial_sums(x, grid, segs.nseg);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "unscale_sum_squares_cuda", [&] {
+    scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight_power > 0 ? weight->data_ptr<scalar_t>() : nullptr;
+    sum_squares_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        xp, wp, static_cast<int>(weight_power), shift, segs, common_alignment<scalar_t>({xp, wp}),
+        partials.data_ptr<double>(), xp, scale64.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  launch_sum_partials(partials, grid.x, segs.nseg, out.data_ptr<double>(), false, stream);
+  flag_nonfinite_kernel<<<1, kThreads, 0, stream>>>(out.data_ptr<double>(), segs.nseg, found_inf.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return offsets ? out : out.squeeze(0);
 }
 
@@ -398,6 +443,7 @@ void sgd_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor& moment
 
 TORCH_LIBRARY_IMPL(graphsam_ext, CUDA, m) {
   m.impl("sum_squares", &sum_squares_cuda);
+  m.impl("unscale_sum_squares_", &unscale_sum_squares_cuda);
   m.impl("zero_", &zero_cuda);
   m.impl("perturb_", &perturb_cuda);
   m.impl("direction_update_", &direction_update_cuda);

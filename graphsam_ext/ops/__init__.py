@@ -6,9 +6,10 @@ from graphsam_ext.ops.sam import (
     restore_,
     sgd_step_,
     sum_squares,
+    unscale_sum_squares_,
     zero_,
 )
 from graphsam_ext.ops.graph_attention import build_csr, graph_attention
 
-__all__ = ["sum_squares", "zero_", "perturb_", "restore_", "direction_update_", "adam_step_", "sgd_step_",
-           "graph_attention", "build_csr"]
+__all__ = ["sum_squares", "unscale_sum_squares_", "zero_", "perturb_", "restore_", "direction_update_",
+           "adam_step_", "sgd_step_", "graph_attention", "build_csr"]

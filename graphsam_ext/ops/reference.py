@@ -36,6 +36,14 @@ def sum_squares(x: Tensor, weight: Tensor | None = None, offsets: Tensor | None 
     return torch.zeros(offsets.numel() - 1, dtype=torch.float64, device=x.device).index_add_(0, seg, sq)
 
 
+def unscale_sum_squares_(x: Tensor, grad_scale: Tensor, found_inf: Tensor, weight: Tensor | None,
+                         offsets: Tensor | None, weight_power: int, shift: float) -> Tensor:
+    x.mul_((1.0 / grad_scale.reshape(()).double()).to(x.dtype))
+    sq = sum_squares(x, weight, offsets, weight_power, shift)
+    found_inf.copy_(torch.where(torch.isfinite(sq).all(), found_inf, torch.ones_like(found_inf)))
+    return sq
+
+
 def perturb_(param: Tensor, backup: Tensor, direction: Tensor, scale: Tensor, offsets: Tensor | None,
              adaptive: bool, skip: Tensor | None) -> None:
     backup.copy_(param)

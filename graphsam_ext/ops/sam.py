@@ -34,6 +34,23 @@ def sum_squares(x: Tensor, weight: Tensor | None = None, offsets: Tensor | None 
     return reference.sum_squares(x, weight, offsets, weight_power, shift)
 
 
+def unscale_sum_squares_(x: Tensor, grad_scale: Tensor, found_inf: Tensor, weight: Tensor | None = None,
+                         offsets: Tensor | None = None, weight_power: int = 0, shift: float = 0.0) -> Tensor:
+    """Unscale a gradient buffer in place and return its sum of squares, in one pass (fp16 training).
+
+    x <- x * r with r = 1 / grad_scale computed in float64 and rounded to x's dtype once (what
+    ``torch.amp.GradScaler.unscale_`` does); then ``sum_squares(x, weight, offsets, weight_power,
+    shift)`` of the unscaled x. found_inf (0-dim float32) is set to 1 where a returned sum is not
+    finite, and never reset. grad_scale (one element) and found_inf stay on x's device and are read
+    and written there: no host synchronization. For float32 x a sum is non-finite exactly when an
+    element is (the float64 sum of squares of finite float32 values cannot overflow).
+    """
+    if _native(x):
+        return torch.ops.graphsam_ext.unscale_sum_squares_(x, grad_scale, found_inf, weight, offsets, weight_power,
+                                                           shift)
+    return reference.unscale_sum_squares_(x, grad_scale, found_inf, weight, offsets, weight_power, shift)
+
+
 def zero_(x: Tensor) -> None:
     """x <- 0 for a flat buffer; on the CPU, buffers of 4 MiB and more are written with streaming
     stores (they bypass the cache, which a gradient buffer about to be filled by backward does not need)."""
@@ -118,6 +135,12 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake(f"{_LIB}::sum_squares")
     def _(x, weight, offsets, weight_power, shift):
+        if offsets is None:
+            return x.new_empty((), dtype=torch.float64)
+        return x.new_empty((offsets.shape[0] - 1,), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{_LIB}::unscale_sum_squares_")
+    def _(x, grad_scale, found_inf, weight, offsets, weight_power, shift):
         if offsets is None:
             return x.new_empty((), dtype=torch.float64)
         return x.new_empty((offsets.shape[0] - 1,), dtype=torch.float64)
