@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from graphsam_ext import _backend
+from graphsam_ext.optim import amp
 from graphsam_ext.optim.base import BaseSpec, base_defaults, check_nonnegative, parse_base, validate_group
 from graphsam_ext.optim.engines import ENGINES, GRAD, Term
 from graphsam_ext.optim.flat import FLAT_DTYPES
@@ -141,12 +142,15 @@ class SAMFamily(torch.optim.Optimizer):
 
     # -- closures --------------------------------------------------------------------------
     def _evaluate(self, closure) -> Tensor:
-        """Zero the gradients, run the closure with grad enabled, and adopt its gradients."""
+        """Zero the gradients, run the closure with grad enabled, and adopt its gradients (unscaled
+        in a step with a GradScaler)."""
         self.engine.zero_grad()
         with torch.enable_grad():
             loss = closure()
         self.closure_calls += 1
         self.engine.prepare()
+        if self.engine.grad_scale is not None:
+            self.engine.unscale()
         return loss
 
     @staticmethod
@@ -157,25 +161,45 @@ class SAMFamily(torch.optim.Optimizer):
         if not callable(closure):
             raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
 
+    # torch.amp.GradScaler.step(optimizer, closure) hands itself to step() as ``grad_scaler``
+    # (with a FutureWarning of torch's) instead of unscaling gradients the closure has not made yet
+    _step_supports_amp_scaling = True
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, grad_scaler=None):
         """Run a full step; the closure is evaluated here (see the class docstring for how often).
+
+        grad_scaler: a ``torch.amp.GradScaler`` whose ``scale(loss)`` the closure backpropagates
+            (fp16 training). Every closure call's gradients are unscaled before the step reads them,
+            a non-finite one skips the whole step, and the scaler records the step's found_inf, so
+            call ``scaler.update()`` after the step (``graphsam_ext.optim.amp``). No host sync.
 
         With every parameter frozen (none requires grad) the closure runs once and nothing is
         updated, as torch's optimizers leave such parameters alone.
         """
         self._require_closure(closure)
+        scaling = amp.begin_step(grad_scaler, self, self.param_groups[0]["params"][0].device)
         if not self._sync_engine():
-            return self._evaluate(closure)
+            loss = self._evaluate(closure)
+            if scaling is not None:
+                amp.finish_step(grad_scaler, self, scaling[1])
+            return loss
         saved = self._save_step_state()
+        if scaling is not None:
+            self.engine.grad_scale, self.engine.found_inf = scaling
         try:
-            return self._step(closure)
+            loss = self._step(closure)
         except BaseException:
             # a closure that raises (out of memory on one batch, KeyboardInterrupt): the weights
             # are restored and the optimizer is left as it was before the step, so a loop that
             # catches the exception and goes on trains from the unperturbed point
             self._abort_step(saved)
             raise
+        finally:
+            self.engine.grad_scale = self.engine.found_inf = None
+        if scaling is not None:
+            amp.finish_step(grad_scaler, self, scaling[1])
+        return loss
 
     def _step(self, closure):
         raise NotImplementedError

@@ -97,9 +97,14 @@ class SAM(SAMFamily):
             self.sam_step_count += 1
             return loss
         local = self.perturbation_context
+        shared_inf = self.engine.found_inf
+        if local is not None and shared_inf is not None:
+            # a replica's own perturbation gradient decides neither the step nor the loss scale
+            self.engine.found_inf = torch.zeros_like(shared_inf)
         with local() if local is not None else contextlib.nullcontext():
             self._evaluate(closure)
         self.first_step()
+        self.engine.found_inf = shared_inf
         loss = self._evaluate(closure)
         self.second_step()
         return loss

@@ -24,6 +24,15 @@ class ForeachEngine(PerTensorEngine):
         sq = torch.stack(torch._foreach_norm(xs, 2, dtype=torch.float64)) ** 2
         return sq if per_tensor else sq.sum()
 
+    def _unscale(self, grads: list) -> None:
+        """torch's fused check-and-unscale (the one GradScaler.unscale_ runs), per dtype."""
+        inv = self.grad_scale.double().reciprocal().float()
+        by_dtype: dict = {}
+        for g in grads:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        for group in by_dtype.values():
+            torch._amp_foreach_non_finite_check_and_unscale_(group, self.found_inf, inv)
+
     def combine(self, target, terms, wide=False) -> None:
         dst = self._tensors(target)
         like = [d.double() for d in dst] if wide else dst

@@ -36,6 +36,7 @@ class FusedEngine(Engine):
         self.flat = FlatParams([{"params": ps} for ps in trainable_groups(optimizer.param_groups)])
         self.params = self.flat.params
         self.perturbed = False
+        self._scaled = False  # the gradients are still those of the scaled loss (see grad_scale)
         self.keys = self.base.state_keys + tuple(buffers)
         self.buffers = [{key: b.new_buffer() for key in self.keys} for b in self.flat.buckets]
         self.backups = [b.new_buffer() for b in self.flat.buckets]
@@ -98,12 +99,19 @@ class FusedEngine(Engine):
     def prepare(self) -> None:
         self.flat.sync()
 
+    def unscale(self) -> None:
+        """Done by the next gradient norm, in its pass (or by the first other read, ``_flat``)."""
+        self._scaled = True
+
     def zero_grad(self) -> None:
         self.flat.zero_grad()
+        self._scaled = False
 
     def _flat(self, source: str) -> list:
-        """The flat buffer of ``source`` in each bucket."""
+        """The flat buffer of ``source`` in each bucket (gradients unscaled first when scaled)."""
         if source == GRAD:
+            if self._scaled:
+                self.sum_squares()
             return [b.grad for b in self.flat.buckets]
         return [bufs[source] for bufs in self.buffers]
 
@@ -119,9 +127,15 @@ class FusedEngine(Engine):
 
     # -- reductions ------------------------------------------------------------------------
     def sum_squares(self, source=GRAD, weight_power=0, shift=0.0, per_tensor=False) -> Tensor:
-        parts = [ops.sum_squares(x, b.data if weight_power else None, b.offsets if per_tensor else None,
-                                 weight_power, shift)
-                 for x, b in zip(self._flat(source), self.flat.buckets)]
+        """The first sum over scaled gradients also unscales them, in the same pass, and sets found_inf."""
+        unscale = source == GRAD and self._scaled
+        self._scaled = False
+        xs = [b.grad for b in self.flat.buckets] if unscale else self._flat(source)
+        parts = []
+        for x, b in zip(xs, self.flat.buckets):
+            args = (b.data if weight_power else None, b.offsets if per_tensor else None, weight_power, shift)
+            parts.append(ops.unscale_sum_squares_(x, self.grad_scale, self.found_inf, *args) if unscale
+                         else ops.sum_squares(x, *args))
         return torch.cat(parts) if per_tensor else self._total(parts)
 
     def dot(self, a: str, b: str) -> Tensor:
@@ -167,12 +181,14 @@ class FusedEngine(Engine):
     def direction_update(self, inv_norm, beta, init, skip) -> Tensor:
         per_tensor = inv_norm.dim() > 0
         return self._total([
-            ops.direction_update_(d, b.grad, inv, b.offsets if per_tensor else None, beta, init, skip)
-            for b, d, inv in zip(self.flat.buckets, self._flat("direction"), self._split(inv_norm))])
+            ops.direction_update_(d, g, inv, b.offsets if per_tensor else None, beta, init, skip)
+            for b, g, d, inv in zip(self.flat.buckets, self._flat(GRAD), self._flat("direction"),
+                                    self._split(inv_norm))])
 
     # -- base update -----------------------------------------------------------------------
     def base_step(self, skip, restore, fold=None):
         """The fused base updates fold the direction into their own pass."""
+        grads = self._flat(GRAD)
         if not self.base.fused:
             direction_sq = None if fold is None else self.direction_update(fold[0], fold[1], False, skip)
             if restore:
@@ -186,13 +202,14 @@ class FusedEngine(Engine):
             direction_sq = zeros64(self.flat.buckets[0].data.device)
             invs, per_tensor = self._split(fold[0]), fold[0].dim() > 0
         update = self.base.update.fused_update
-        for b, bufs, backup, ranges, inv in zip(self.flat.buckets, self.buffers, self.backups, self.ranges, invs):
+        for b, g, bufs, backup, ranges, inv in zip(self.flat.buckets, grads, self.buffers, self.backups, self.ranges,
+                                                   invs):
             for gi, a, c, step, i0, i1, offsets in ranges:
                 step.add_(1.0 if skip is None else skip.logical_not().to(step.dtype))
                 extra = {}
                 if fold is not None:
                     extra = dict(direction=bufs["direction"][a:c], inv_norm=inv[i0:i1] if per_tensor else inv,
                                  offsets=offsets if per_tensor else None, beta=fold[1], direction_sq=direction_sq)
-                update(b.data[a:c], b.grad[a:c], {key: buf[a:c] for key, buf in bufs.items()}, step,
+                update(b.data[a:c], g[a:c], {key: buf[a:c] for key, buf in bufs.items()}, step,
                        backup[a:c] if restore else None, skip, self.opt.param_groups[gi], extra)
         return direction_sq

@@ -17,6 +17,11 @@ Shapes and types:
   Verbs that take it make the skip on the device where they can (the fused engine never reads
   it back to the host; the per-tensor engines may).
 - Nothing returns a Python number: a step needs no host synchronization.
+- Gradient scaling (fp16 with a ``torch.amp.GradScaler``): while ``grad_scale`` (0-dim, the loss
+  scale) and ``found_inf`` (0-dim float32) are set, the gradients each closure call makes are of
+  the scaled loss; after ``unscale()`` every verb sees them divided by ``grad_scale``, and
+  ``found_inf`` becomes 1 when one of them is not finite. The fused engine unscales inside its next
+  gradient reduction (one pass with the norm the step takes anyway); the per-tensor engines at once.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ class Engine(ABC):
 
     params: list
     perturbed: bool  # between perturb() and the restore
+    grad_scale: Tensor | None = None  # the running step's loss scale (fp16 with a GradScaler), or None
+    found_inf: Tensor | None = None   # set to 1 by the unscale when a gradient is not finite
 
     # -- lifecycle -------------------------------------------------------------------------
     @abstractmethod
@@ -70,6 +77,12 @@ class Engine(ABC):
     @abstractmethod
     def prepare(self) -> None:
         """After a closure: adopt the gradients (a missing one counts as zero)."""
+
+    @abstractmethod
+    def unscale(self) -> None:
+        """After a closure of a scaled step (``grad_scale`` set), once: its gradients are of the
+        scaled loss; every later verb reads them divided by ``grad_scale``, and ``found_inf`` is
+        set to 1 if one is not finite (fused: inside the pass of the next gradient norm)."""
 
     # -- reductions ------------------------------------------------------------------------
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from graphsam_ext.ops import reference
 from graphsam_ext.optim.engines.interface import GRAD, Engine, is_skipped, trainable_groups
 
 
@@ -50,6 +51,14 @@ class PerTensorEngine(Engine):
                 p.grad = torch.zeros_like(p)
             elif p.grad.is_sparse:
                 raise ValueError("params: sparse gradients are not supported; use dense embeddings")
+
+    def unscale(self) -> None:
+        self._unscale([p.grad for p in self.params])
+
+    def _unscale(self, grads: list) -> None:
+        """grads <- grads / grad_scale in place; found_inf <- 1 if one is not finite (the oracle's op)."""
+        for g in grads:
+            reference.unscale_sum_squares_(g, self.grad_scale, self.found_inf, None, None, 0, 0.0)
 
     def zero_grad(self) -> None:
         for p in self.params:
