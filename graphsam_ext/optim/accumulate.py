@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 
 def accumulating_closure(micro_batches: Sequence, loss_of: Callable, weights: Sequence[float] | None = None,
-                         no_sync: Callable | None = None) -> Callable:
+                         no_sync: Callable | None = None, grad_scaler=None) -> Callable:
     """A closure for ``optimizer.step`` that accumulates gradients over ``micro_batches``.
 
     loss_of(micro_batch) -> loss: the forward pass and the loss of one micro-batch (no backward).
@@ -30,7 +30,10 @@ def accumulating_closure(micro_batches: Sequence, loss_of: Callable, weights: Se
     no_sync: a context manager factory (``ddp_model.no_sync``) to skip the gradient all-reduce of
         every micro-batch but the last.
 
-    The closure returns the weighted sum of the micro-batch losses (detached, on their device).
+    grad_scaler: a ``torch.amp.GradScaler`` (fp16): each backward runs on ``grad_scaler.scale`` of
+        the weighted loss; hand the same scaler to the step, ``optimizer.step(closure, grad_scaler=...)``.
+
+    The closure returns the weighted sum of the micro-batch losses (detached, on their device, unscaled).
     """
     micro_batches = list(micro_batches)
     n = len(micro_batches)
@@ -49,7 +52,7 @@ def accumulating_closure(micro_batches: Sequence, loss_of: Callable, weights: Se
             with context:
                 loss = loss_of(batch)
                 scaled = loss if n == 1 and weight == 1.0 else loss * weight
-                scaled.backward()
+                (scaled if grad_scaler is None else grad_scaler.scale(scaled)).backward()
             part = scaled.detach()
             total = part if total is None else total + part
         return total

@@ -28,7 +28,7 @@ DATASET_CHOICES = ("bbbp", "tox21", "sider", "clintox", "esol", "lipophilicity",
 # the optimizers whose perturbation gradient may be per replica under DDP (used for nothing else)
 LOCAL_PERTURBATION = ("sam", "asam", "sam-k")
 PERTURBING = SAM_FAMILY + GRAPHSAM_FAMILY
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # SAM-family optimizers without max_grad_norm
 NO_CLIPPING = ("looksam", "ae-sam")
 COMMAND_DEFAULTS = {"train": {}, "compare": {"optimizers": ["adam", "sam", "graphsam"]}}
@@ -132,9 +132,9 @@ class TrainConfig:
                                           parse=float)
     bn_first_pass_only: bool = option(True, "BatchNorm running statistics move only in the first forward pass of "
                                             "each step, not in the perturbed passes of the SAM family", group=OPT)
-    precision: str = option("fp32", "training forward passes in float32, or under bfloat16 autocast (weights, "
-                                    "gradients, optimizer state and evaluation stay float32)", group=OPT,
-                            choices=PRECISIONS)
+    precision: str = option("fp32", "training forward passes in float32, under bfloat16 autocast, or under "
+                                    "float16 autocast with a gradient scaler (weights, gradients, optimizer state and "
+                                    "evaluation stay float32)", group=OPT, choices=PRECISIONS)
     # protocol
     epochs: int = option(50, "maximum epochs", group=PROTO, parse=int)
     batch_size: int = option(32, "molecules per batch; with --accumulate N a micro-batch (a step then sees N x "

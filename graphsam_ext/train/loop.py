@@ -164,6 +164,8 @@ class SeedRun:
             self.forward_model = dist.wrap(self.model)
             if cfg.local_perturbation and self.optimizer_name in LOCAL_PERTURBATION:
                 self.optimizer.perturbation_context = self.forward_model.no_sync
+        # fp16: float16 autocast with a loss scale that backs off on overflow (torch's defaults)
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.label_counts = distributed.label_counts(self.data.dataset)
         self.steps_per_epoch = max(1, math.ceil(len(self.data.train) / (cfg.batch_size * cfg.accumulate)))
         self.scheduler = StepSchedule(
@@ -196,6 +198,11 @@ class SeedRun:
             raise UserError(f"{self.out_dir / 'last.pt'} was written by a run over {saved_world} process(es); "
                             f"resume it with --nproc-per-node (times --nnodes) {saved_world}, not {self.world_size}")
         self.rng = ckpt["rng"] if self.dist is None else ckpt["rng_ranks"][self.dist.rank]
+        if self.grad_scaler is not None:
+            if ckpt.get("grad_scaler_state") is None:
+                raise UserError(f"{self.out_dir / 'last.pt'} was written by a run without --precision fp16; resume "
+                                f"it with the precision it was trained with ({self.cfg.precision} was given)")
+            self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
 
     def _save_last(self) -> None:
         rngs = None if self.dist is None else self.dist.gather_objects(self.rng)
@@ -216,6 +223,7 @@ class SeedRun:
                 "stopped_early": self.stopped_early,
                 "rng": self.rng,
                 "world_size": self.world_size,
+                "grad_scaler_state": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
                 **({} if rngs is None else {"rng_ranks": rngs}),
             },
             self.out_dir / "last.pt",
@@ -282,12 +290,13 @@ class SeedRun:
         forward = self.forward_model
         no_sync = forward.no_sync if self.dist is not None else None
 
-        bf16 = self.cfg.precision == "bf16"
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        grad_scaler = self.grad_scaler
 
         def loss_of(batch):
             target = batch.y if scaler is None else scaler.transform(batch.y)
-            if bf16:
-                with torch.autocast(device.type, dtype=torch.bfloat16):
+            if autocast is not None:
+                with torch.autocast(device.type, dtype=autocast):
                     out = forward(batch)
                 return self.loss_fn(out.float(), target, batch.mask)
             return self.loss_fn(forward(batch), target, batch.mask)
@@ -295,7 +304,7 @@ class SeedRun:
         for mine, weights in bar_factory(steps_plan, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
                                          leave=False):
             micro = [next(batches).to(device, non_blocking=True) for _ in mine]
-            accumulated = accumulating_closure(micro, loss_of, weights, no_sync=no_sync)
+            accumulated = accumulating_closure(micro, loss_of, weights, no_sync=no_sync, grad_scaler=grad_scaler)
 
             def closure():
                 nonlocal passes
@@ -303,16 +312,25 @@ class SeedRun:
                 return accumulated()
 
             if self.own_grads:
-                loss = opt.step(bn_first_pass_only(model, closure) if self.cfg.bn_first_pass_only else closure)
-            elif self.cfg.clip_grad_norm is not None:
+                loss = opt.step(bn_first_pass_only(model, closure) if self.cfg.bn_first_pass_only else closure,
+                                grad_scaler=grad_scaler)
+            elif self.cfg.clip_grad_norm is not None or grad_scaler is not None:
                 opt.zero_grad(set_to_none=True)
                 with torch.enable_grad():
                     loss = closure()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
-                opt.step()
+                if grad_scaler is not None:
+                    grad_scaler.unscale_(opt)
+                if self.cfg.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
+                if grad_scaler is not None:
+                    grad_scaler.step(opt)
+                else:
+                    opt.step()
             else:
                 opt.zero_grad(set_to_none=True)
                 loss = opt.step(closure)
+            if grad_scaler is not None:
+                grad_scaler.update()
             self.scheduler.step()
             loss_sum += loss.detach().to(torch.float64)
             steps += 1
