@@ -36,6 +36,10 @@ def add_parsers(sub) -> None:
 
 
 def _add_launch_options(parser) -> None:
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train up to N (optimizer, seed) runs at once, each in its own process with "
+                             "--num-threads threads (default 1: one process, the runs take turns epoch by epoch "
+                             "so that load hits every optimizer alike; timings are fairest that way)")
     g = parser.add_argument_group("distributed (torchrun; see docs/scaling.md)")
     g.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="data-parallel training over N processes on this machine (one per GPU with --device cuda), "
@@ -168,6 +172,9 @@ def run(args) -> int:
 
     command = args.command
     if args.nproc_per_node is not None:
+        if args.jobs != 1:
+            raise UserError("--jobs N runs separate single-process trainings; --nproc-per-node makes one "
+                            "data-parallel run: use one of them")
         return _launch(args)
     device = setup_execution(args)
     dist = from_environment(device)  # a torchrun worker of a data-parallel run
@@ -198,7 +205,7 @@ def run(args) -> int:
         f"device: {device}{processes}; run directory: {run_dir}")
     try:
         results = run_experiment(cfg, run_dir, device, progress=show_progress(args) and main, log=log,
-                                 command=["graphsam", *sys.argv[1:]], dataset=dataset, dist=dist)
+                                 command=["graphsam", *sys.argv[1:]], dataset=dataset, dist=dist, jobs=args.jobs)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: graphsam {command} --resume {run_dir}", file=sys.stderr)
         return 130

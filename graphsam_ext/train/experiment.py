@@ -203,9 +203,73 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _is_done(cfg: TrainConfig, seed_dir: Path) -> dict | None:
+    """The finished result in ``seed_dir``, unless --resume raised --epochs or --patience beyond
+    where it stopped."""
+    done = seed_dir / "result.json"
+    if not done.exists():
+        return None
+    res = json.loads(done.read_text())
+    epochs_run = res.get("epochs_run", 0)
+    return res if epochs_run >= cfg.epochs or epochs_run - res.get("best_epoch", 0) >= cfg.patience else None
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(cfg_dict: dict, dataset, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(cfg=TrainConfig.from_dict(cfg_dict), dataset=dataset)
+
+
+def _worker_run(opt: str, seed: int, run_dir: str, device: str) -> tuple[str, int]:
+    cfg, dataset = _WORKER["cfg"], _WORKER["dataset"]
+    data = split_for_seed(cfg, dataset, seed, Path(run_dir), write=False)
+    SeedRun(cfg, opt, seed, data, Path(run_dir) / opt / f"seed{seed}", device).run()
+    return opt, seed
+
+
+def _run_in_processes(cfg: TrainConfig, run_dir: Path, dataset, device, jobs: int, log) -> None:
+    """Train every unfinished (optimizer, seed) pair to its end, ``jobs`` at a time, each in a
+    process of its own with the parent's torch thread count; the pairs leave their result.json
+    (and checkpoints) where the one-process loop finds them. Splits are written here first."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    for seed in cfg.seed_list:
+        split_for_seed(cfg, dataset, seed, run_dir)
+    pending = [(opt, seed) for seed in cfg.seed_list for opt in cfg.optimizers
+               if _is_done(cfg, run_dir / opt / f"seed{seed}") is None]
+    if not pending:
+        return
+    # the slow optimizers first, so the last process to finish is not one that started last
+    pending.sort(key=lambda pair: -_relative_cost(pair[0]))
+    log(f"training {len(pending)} (optimizer, seed) runs, {min(jobs, len(pending))} at a time")
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose OpenMP pool has run
+    with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, initializer=_worker_start,
+                             initargs=(cfg.to_dict(), dataset, torch.get_num_threads())) as pool:
+        futures = [pool.submit(_worker_run, opt, seed, str(run_dir), str(device)) for opt, seed in pending]
+        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in not_done:
+            future.cancel()
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise error
+            opt, seed = future.result()
+            log(f"{opt:>12} seed {seed}: finished")
+
+
+def _relative_cost(optimizer: str) -> float:
+    """Forward/backward passes per step, roughly: the SAM family makes up to two."""
+    from graphsam_ext.train.optimizers import SAM_FAMILY
+
+    return 2.0 if optimizer in SAM_FAMILY else 1.0
+
+
 def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = False,
                    log: Callable[[str], None] | None = None, command: list[str] | None = None,
-                   dataset=None, stop_after_epochs: int | None = None, dist=None) -> dict:
+                   dataset=None, stop_after_epochs: int | None = None, dist=None, jobs: int = 1) -> dict:
     """Train every optimizer of ``cfg`` on every seed and write the results into ``run_dir``.
 
     Within a seed the optimizers take turns epoch by epoch, so that load changes on a shared
@@ -215,7 +279,17 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
 
     dist: this process's ``distributed.DistContext`` when it is one rank of a data-parallel run
     (every rank calls this function; only rank 0 logs and writes files).
+    jobs: with more than 1, the unfinished (optimizer, seed) pairs first train in ``jobs``
+    processes at once (``_run_in_processes``), each to its end, instead of taking turns: faster
+    on a machine with spare cores, but their timings then share the machine differently.
     """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"jobs (--jobs) must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and dist is not None:
+        raise UserError("jobs (--jobs) > 1 trains each run in its own process: it cannot be combined with "
+                        "--nproc-per-node (one data-parallel run); drop one of them")
+    if jobs > 1 and stop_after_epochs is not None:
+        raise ValueError("stop_after_epochs interleaves the runs in this process; it needs jobs=1")
     main = dist is None or dist.is_main
     log = (log or (lambda msg: None)) if main else (lambda msg: None)
     progress = progress and main
@@ -234,6 +308,8 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
                          f"{', '.join(metric_names(task_type))}")
     cfg.metric = metric
     log(f"data: {cfg.data_label}, {len(dataset)} molecules, {len(dataset.task_names)} {task_type} task(s)")
+    if jobs > 1:
+        _run_in_processes(cfg, run_dir, dataset, device, jobs, log)
 
     results: dict = {opt: {} for opt in cfg.optimizers}
     split_sizes = {}
@@ -250,14 +326,10 @@ def run_experiment(cfg: TrainConfig, run_dir, device="cpu", *, progress: bool = 
         runners = {}
         for opt in cfg.optimizers:
             seed_dir = run_dir / opt / f"seed{seed}"
-            done = seed_dir / "result.json"
-            if done.exists():
-                res = json.loads(done.read_text())
-                epochs_run = res.get("epochs_run", 0)
-                # done unless --resume raised --epochs or --patience beyond where it stopped
-                if epochs_run >= cfg.epochs or epochs_run - res.get("best_epoch", 0) >= cfg.patience:
-                    results[opt][seed] = res
-                    continue
+            res = _is_done(cfg, seed_dir)
+            if res is not None:
+                results[opt][seed] = res
+                continue
             runners[opt] = SeedRun(cfg, opt, seed, data, seed_dir, device, progress=progress, log=log, dist=dist)
         limit = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
         for epoch in range(1, limit + 1):
