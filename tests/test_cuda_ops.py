@@ -92,6 +92,8 @@ def test_opcheck_every_op(dtype, gen):
         ("sum_squares", (g, None, None, 0, 0.0)),
         ("sum_squares", (g, p, offsets, 1, 0.0)),
         ("sum_squares", (g, p, None, 2, 1e-3)),
+        ("unscale_sum_squares_", (g.clone(), torch.tensor(8.0, device=DEVICE), torch.zeros((), device=DEVICE), p,
+                                  offsets, 1, 0.0)),
         ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, **f64), offsets, True, skip)),
         ("perturb_", (p.clone(), torch.empty_like(p), d, torch.tensor(0.3, **f64), None, False, None)),
         ("direction_update_", (d.clone(), g, torch.tensor(0.5, **f64), None, 0.9, False, skip)),

@@ -270,6 +270,7 @@ def test_opcheck_every_op(gen):
         ("zero_", (p.clone(),)),
         ("sum_squares", (g, p, offsets, 1, 0.0)),
         ("sum_squares", (g, None, None, 0, 0.0)),
+        ("unscale_sum_squares_", (g.clone(), torch.tensor(8.0), torch.zeros(()), p, offsets, 1, 0.0)),
         ("perturb_", (p.clone(), torch.empty_like(p), d, torch.rand(4, generator=gen, dtype=torch.float64), offsets, True, skip)),
         ("direction_update_", (d.clone(), g, torch.tensor(0.5, dtype=torch.float64), None, 0.9, False, skip)),
         ("adam_step_", (p.clone(), g, m.clone(), v.clone(), step, src, skip, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)),
