@@ -199,8 +199,8 @@ def test_summary_and_tables_from_result_files(tmp_path):
     # datasets in the bench's order (bbbp before esol), chemprop last within a table
     assert text.index("## bbbp, random") < text.index("## esol, balanced-scaffold")
     esol = text[text.index("## esol"):]
-    assert "| ours, adam | 1.200 ± 0.200 | 1.000, 1.200, 1.400 | 2.00 | 50 | 1,000 | 30.0 | 3 |" in esol
-    assert "| chemprop 2.3.1 (default D-MPNN) | 0.900 ± 0.000 | 0.900, 0.900, 0.900 | 1.00 | 100 |" in esol
+    assert "| ours, adam | 1.200 ± 0.200 | 1.000, 1.200, 1.400 |  | 2.00 | 50 | 1,000 | 30.0 | 3 |" in esol
+    assert "| chemprop 2.3.1 (default D-MPNN) | 0.900 ± 0.000 | 0.900, 0.900, 0.900 |  | 1.00 | 100 |" in esol
     assert esol.index("ours, adam") < esol.index("chemprop 2.3.1")
     assert "RMSE (lower is better)" in esol
     bbbp = text[text.index("## bbbp"):text.index("## esol")]
@@ -213,6 +213,23 @@ def test_summary_and_tables_from_result_files(tmp_path):
                                                                  ("ours-adam", "bbbp")}
     pytest.importorskip("matplotlib")
     assert (out / "bench.png").stat().st_size > 1000
+
+
+def test_paired_differences_are_taken_against_each_side_s_adam():
+    """chemprop with our optimizer is paired with chemprop's own Adam, our GraphSAM with our Adam,
+    seed by seed; a contender whose Adam is missing says so."""
+    ours = _piece("ours-adam", "ours, adam", "esol", "random", "rmse", [1.0, 1.2, 1.4], [2.0] * 3)
+    ours_gs = _piece("ours-graphsam", "ours, graphsam", "esol", "random", "rmse", [0.9, 1.3, 1.2], [2.0] * 3)
+    cp = _piece("chemprop", "chemprop", "esol", "random", "rmse", [0.8, 0.9, 1.0], [1.0] * 3)
+    cp_sam = _piece("chemprop-sam", "chemprop, sam", "esol", "random", "rmse", [0.7, 0.95, 0.9], [2.0] * 3)
+    table = cb.format_table([ours, ours_gs, cp, cp_sam])
+    row = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()[2:]}
+    assert row["ours, graphsam"][3].startswith("-0.067 (-0.100, +0.100, -0.200; ")
+    assert row["chemprop, sam"][3].startswith("-0.050 (-0.100, +0.050, -0.100; ")
+    assert row["ours, adam"][3] == "" and row["chemprop"][3] == ""
+    assert " p = " in row["chemprop, sam"][3]
+    alone = cb.format_table([cp_sam])
+    assert alone.splitlines()[2].split(" | ")[3] == "n/a"
 
 
 def test_report_without_results_and_bad_options_are_errors(tmp_path, capsys):

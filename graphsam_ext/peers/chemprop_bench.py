@@ -341,20 +341,51 @@ def _contender_order(name: str) -> tuple:
     return (name == CHEMPROP or name.startswith(CHEMPROP + "-"), name)
 
 
+def adam_of(contender: str) -> str | None:
+    """The Adam contender a contender is paired with: ours-X with ours-adam, chemprop-X (ours in
+    chemprop) with chemprop's own Adam; None for the Adam contenders themselves."""
+    if contender.startswith(CHEMPROP + "-"):
+        return CHEMPROP
+    if contender.startswith("ours-") and contender != "ours-adam":
+        return "ours-adam"
+    return None
+
+
+def paired_difference(piece: dict, adam: dict) -> str:
+    """Per-seed differences of the test metric to the paired Adam contender (same seed, same split),
+    their mean and the paired test's p-value (graphsam_ext.study.stats)."""
+    from graphsam_ext.study.stats import paired_test
+
+    metric = piece["metric"]
+    seeds = sorted(set(piece["per_seed"]) & set(adam["per_seed"]), key=int)
+    diffs = [piece["per_seed"][s]["test"].get(metric) - adam["per_seed"][s]["test"].get(metric) for s in seeds
+             if piece["per_seed"][s]["test"].get(metric) is not None and adam["per_seed"][s]["test"].get(metric)
+             is not None]
+    if not diffs:
+        return "n/a"
+    test = paired_test(diffs)
+    p = "" if math.isnan(test["p"]) else f"; {test['method']} p = {test['p']:.2f}"
+    return f"{test['mean']:+.3f} ({', '.join(f'{d:+.3f}' for d in diffs)}{p})"
+
+
 def format_table(pieces: list[dict]) -> str:
     """One markdown table for pieces of the same dataset and split (one row per contender)."""
     if not pieces:
         raise ValueError("format_table: no pieces")
     metric = pieces[0]["metric"]
-    header = ["contender", f"test {METRIC_LABEL[metric]}", "per seed", "train s/epoch", "molecules/s",
-              "parameters", "epochs run", "seeds"]
+    by_name = {p["contender"]: p for p in pieces}
+    header = ["contender", f"test {METRIC_LABEL[metric]}", "per seed", "paired difference to Adam",
+              "train s/epoch", "molecules/s", "parameters", "epochs run", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     for piece in sorted(pieces, key=lambda p: _contender_order(p["contender"])):
         s = summarize_piece(piece)
         result = _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else "")
         params = f"{s['num_parameters']:,}" if s["num_parameters"] else "n/a"
+        adam = by_name.get(adam_of(piece["contender"]))
+        paired = "" if adam_of(piece["contender"]) is None else (paired_difference(piece, adam) if adam else "n/a")
         lines.append("| " + " | ".join([
-            piece["label"], result, ", ".join(_fmt(v) for v in s["values"]), _fmt(s["train_seconds_per_epoch"], 2),
+            piece["label"], result, ", ".join(_fmt(v) for v in s["values"]), paired,
+            _fmt(s["train_seconds_per_epoch"], 2),
             _fmt(s["molecules_per_second"], 0), params, _fmt(s["epochs_run"], 1), str(s["seeds"]),
         ]) + " |")
     return "\n".join(lines)
