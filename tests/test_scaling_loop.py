@@ -59,11 +59,13 @@ def test_accumulating_four_micro_batches_equals_batches_four_times_as_large(csv,
     assert [h["train_loss"] for h in acc.history] == pytest.approx([h["train_loss"] for h in big.history], rel=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
-def test_bf16_autocast_trains_the_default_model_with_every_optimizer(csv, tmp_path, optimizer):
-    # the default model (no model options given), one epoch of 4 steps under bf16 autocast
+def test_autocast_trains_the_default_model_with_every_optimizer(csv, tmp_path, optimizer, precision):
+    # the default model (no model options given), one epoch of 4 steps under bf16 autocast, or
+    # fp16 autocast with a GradScaler (tests/test_scaling_amp_loop.py: its resume)
     cfg = TrainConfig(data_path=str(csv), smiles_column="mol", target_columns=["solubility", "logp"],
-                      optimizers=[optimizer], epochs=2, seeds=1, batch_size=8, precision="bf16")
+                      optimizers=[optimizer], epochs=2, seeds=1, batch_size=8, precision=precision)
     runner = _run(cfg, tmp_path, epochs=1)
     record = runner.history[0]
     assert record["steps"] == 4
