@@ -185,6 +185,19 @@ def test_every_optimizer_name_builds_and_steps(name):
         assert calls == expected[name]
 
 
+def test_each_optimizer_gets_its_own_rho_unless_one_is_given():
+    from graphsam_ext.train.optimizers import DEFAULT_RHO, GRAPHSAM_FAMILY, SAM_FAMILY
+
+    assert set(DEFAULT_RHO) == set(SAM_FAMILY) | set(GRAPHSAM_FAMILY)
+    for name, rho in DEFAULT_RHO.items():
+        opt = build_optimizer(name, [torch.nn.Parameter(torch.zeros(3))], **TrainConfig().optimizer_kwargs())
+        assert opt.param_groups[0]["rho"] == pytest.approx(rho), name
+        given = build_optimizer(name, [torch.nn.Parameter(torch.zeros(3))], **TrainConfig(rho=0.123).optimizer_kwargs())
+        assert given.param_groups[0]["rho"] == pytest.approx(0.123), name
+    with pytest.raises(UserError, match="--rho"):
+        TrainConfig(rho=-0.1)
+
+
 def test_unknown_optimizer_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of: adam, adamw, sgd, sam, asam, sam-k, graphsam, graphsam-ref"):
         build_optimizer("lamb", [torch.nn.Parameter(torch.zeros(1))])

@@ -15,7 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from graphsam_ext.errors import UserError
 from graphsam_ext.models.readout import READOUT_NAMES
 from graphsam_ext.models.transformer import ATTENTION_NAMES
-from graphsam_ext.train.optimizers import GRAPHSAM_FAMILY, OPTIMIZER_NAMES, SAM_FAMILY, check_optimizer_name
+from graphsam_ext.train.optimizers import (GRAPHSAM_FAMILY, OPTIMIZER_NAMES, SAM_FAMILY, check_optimizer_name,
+                                          default_rho_text)
 from graphsam_ext.train.schedules import SCHEDULE_NAMES
 
 SPLIT_NAMES = ("random", "scaffold", "balanced_scaffold")
@@ -110,7 +111,9 @@ class TrainConfig:
     warmup_epochs: float = option(2.0, "warm-up length in epochs", group=OPT, parse=float)
     decay_epochs: float = option(30.0, "epoch at which the paper schedule reaches final-lr", group=OPT, parse=float)
     weight_decay: float = option(0.0, "weight decay of the base optimizer", group=OPT, parse=float)
-    rho: float = option(0.05, "SAM / ASAM / GraphSAM neighbourhood size", group=OPT, parse=float)
+    rho: float | None = option(None, "SAM-family neighbourhood size, the same for every optimizer of the run "
+                                     f"(default: each optimizer's own, chosen by search: {default_rho_text()})",
+                               group=OPT, parse=float)
     beta: float = option(0.99, "GraphSAM: EMA smoothing of the perturbation direction", group=OPT, parse=float)
     gamma: float = option(0.5, "GraphSAM: rho decay factor", group=OPT, parse=float)
     lam: int = option(1, "GraphSAM: decay rho every LAM epochs", group=OPT, parse=int)
@@ -229,6 +232,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.first_seed < 0:
             raise UserError(f"first_seed must be >= 0, got {self.first_seed}")
+        if self.rho is not None and not self.rho >= 0:
+            raise UserError(f"rho (--rho) must be >= 0, got {self.rho}; leave it out for each optimizer's default")
         if self.dataset is not None and self.data_path is not None:
             raise UserError("give either a dataset name (--dataset) or a CSV file (--data-path), not both")
 

@@ -20,6 +20,19 @@ OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "sam", "asam", "sam-k", "graphsam", "
                    "sam-one")
 SAM_FAMILY = ("sam", "asam", "sam-k", "looksam", "ae-sam")
 GRAPHSAM_FAMILY = ("graphsam", "graphsam-ref", "sam-one")
+# rho when none is given (the command line's defaults; the classes keep the paper's 0.05). SAM's
+# and GraphSAM's come from the search in docs/optimizers.md ("Choosing rho"), six trials each; the
+# efficient-SAM baselines take SAM's (sam-one GraphSAM's, whose schedule of rho it shares); ASAM's
+# perturbation is scaled by |theta| and was not searched: it keeps 0.05.
+SAM_RHO = 0.05
+GRAPHSAM_RHO = 0.05
+DEFAULT_RHO = {**{name: SAM_RHO for name in SAM_FAMILY}, **{name: GRAPHSAM_RHO for name in GRAPHSAM_FAMILY},
+               "asam": 0.05}
+
+
+def default_rho_text() -> str:
+    """``sam 0.01, graphsam 0.05, ...``: the rho each optimizer gets when none is given."""
+    return ", ".join(f"{name} {DEFAULT_RHO[name]:g}" for name in (*SAM_FAMILY, *GRAPHSAM_FAMILY))
 
 
 def check_optimizer_name(name: str) -> str:
@@ -42,7 +55,7 @@ def build_optimizer(
     *,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    rho: float = 0.05,
+    rho: float | None = None,
     beta: float = 0.99,
     gamma: float = 0.5,
     lam: int = 1,
@@ -55,7 +68,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` over ``params``.
 
-    rho: the neighbourhood size of every SAM variant (GraphSAM's and SAM-One's initial one).
+    rho: the neighbourhood size of every SAM variant (GraphSAM's and SAM-One's initial one);
+    None: the optimizer's entry in ``DEFAULT_RHO``.
     beta, gamma, lam: GraphSAM's EMA smoothing, rho decay factor and decay period in epochs
     (gamma and lam also SAM-One's). sam_every: the k of sam-k. momentum: SGD's.
     looksam_k, looksam_alpha: LookSAM's period of exact SAM steps and weight of the orthogonal
@@ -78,6 +92,8 @@ def build_optimizer(
     from graphsam_ext.optim import AESAM, SAM, GraphSAM, LookSAM, SAMOne
 
     base = dict(base_optimizer="adam", lr=lr, weight_decay=weight_decay)
+    if rho is None:
+        rho = DEFAULT_RHO[key]
     if key == "sam":
         return SAM(params, rho=rho, **base)
     if key == "asam":
