@@ -120,28 +120,34 @@ __global__ void sum_squares_kernel(const T* x, const T* w, int power, double shi
   }
 }
 
-at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                            const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
-  const int64_t nseg = check_sum_squares(x, weight, offsets, weight_power, kBackend);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const Segments segs = make_segments(offsets, x.numel(), nseg);
-  if (segs.n == 0) {
-    const at::Tensor zeros = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
-    return offsets ? zeros : zeros.squeeze(0);
-  }
+// The (nseg,) sums of squares of x; with scale64 (the loss scale as a float64 device tensor) x is
+// first unscaled in place, in the same pass.
+at::Tensor launch_sum_squares(const at::Tensor& x, const c10::optional<at::Tensor>& weight, const Segments& segs,
+                              int64_t weight_power, double shift, const at::Tensor* scale64) {
+  if (segs.n == 0) return at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
   at::Tensor out = at::empty({segs.nseg}, x.options().dtype(at::kDouble));
   const dim3 grid = segmented_grid(segs.n, segs.nseg);
   const at::Tensor partials = partial_sums(x, grid, segs.nseg);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_squares_cuda", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = weight_power > 0 ? weight->data_ptr<scalar_t>() : nullptr;
     sum_squares_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         xp, wp, static_cast<int>(weight_power), shift, segs, common_alignment<scalar_t>({xp, wp}),
-        partials.data_ptr<double>());
+        partials.data_ptr<double>(), scale64 ? xp : nullptr,
+        scale64 ? scale64->data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   launch_sum_partials(partials, grid.x, segs.nseg, out.data_ptr<double>(), false, stream);
+  return out;
+}
+
+at::Tensor sum_squares_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& offsets, int64_t weight_power, double shift) {
+  const int64_t nseg = check_sum_squares(x, weight, offsets, weight_power, kBackend);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor out = launch_sum_squares(x, weight, make_segments(offsets, x.numel(), nseg), weight_power, shift,
+                                            nullptr);
   return offsets ? out : out.squeeze(0);
 }
 
@@ -159,26 +165,13 @@ at::Tensor unscale_sum_squares_cuda(at::Tensor& x, const at::Tensor& grad_scale,
   const int64_t nseg = check_unscale_sum_squares(x, grad_scale, found_inf, weight, offsets, weight_power, kBackend);
   const c10::cuda::CUDAGuard guard(x.device());
   const Segments segs = make_segments(offsets, x.numel(), nseg);
-  if (segs.n == 0) {
-    const at::Tensor zeros = at::zeros({segs.nseg}, x.options().dtype(at::kDouble));
-    return offsets ? zeros : zeros.squeeze(0);
-  }
-  at::Tensor out = at::empty({segs.nseg}, x.options().dtype(at::kDouble));
   const at::Tensor scale64 = grad_scale.to(at::kDouble).contiguous();
-  const dim3 grid = segmented_grid(segs.n, segs.nseg);
-  const at::Tensor partials = partial_sums(x, grid, segs.nseg);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "unscale_sum_squares_cuda", [&] {
-    scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = weight_power > 0 ? weight->data_ptr<scalar_t>() : nullptr;
-    sum_squares_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        xp, wp, static_cast<int>(weight_power), shift, segs, common_alignment<scalar_t>({xp, wp}),
-        partials.data_ptr<double>(), xp, scale64.data_ptr<double>());
+  const at::Tensor out = launch_sum_squares(x, weight, segs, weight_power, shift, &scale64);
+  if (segs.n > 0) {
+    flag_nonfinite_kernel<<<1, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(out.data_ptr<double>(), segs.nseg,
+                                                                                 found_inf.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  launch_sum_partials(partials, grid.x, segs.nseg, out.data_ptr<double>(), false, stream);
-  flag_nonfinite_kernel<<<1, kThreads, 0, stream>>>(out.data_ptr<double>(), segs.nseg, found_inf.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return offsets ? out : out.squeeze(0);
 }
 
