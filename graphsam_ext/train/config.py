@@ -15,8 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from graphsam_ext.errors import UserError
 from graphsam_ext.models.readout import READOUT_NAMES
 from graphsam_ext.models.transformer import ATTENTION_NAMES
-from graphsam_ext.train.optimizers import (GRAPHSAM_FAMILY, OPTIMIZER_NAMES, SAM_FAMILY, check_optimizer_name,
-                                          default_rho_text)
+from graphsam_ext.train.optimizers import (GRAPHSAM_FAMILY, GRAPHSAM_GAMMA, OPTIMIZER_NAMES, SAM_FAMILY,
+                                          check_optimizer_name, default_rho_text)
 from graphsam_ext.train.schedules import SCHEDULE_NAMES
 
 SPLIT_NAMES = ("random", "scaffold", "balanced_scaffold")
@@ -115,7 +115,8 @@ class TrainConfig:
                                      f"(default: each optimizer's own, chosen by search: {default_rho_text()})",
                                group=OPT, parse=float)
     beta: float = option(0.99, "GraphSAM: EMA smoothing of the perturbation direction", group=OPT, parse=float)
-    gamma: float = option(0.5, "GraphSAM: rho decay factor", group=OPT, parse=float)
+    gamma: float = option(GRAPHSAM_GAMMA, "GraphSAM / SAM-One: rho decay factor (chosen by search with rho; the "
+                                          "paper's code uses 0.5)", group=OPT, parse=float)
     lam: int = option(1, "GraphSAM: decay rho every LAM epochs", group=OPT, parse=int)
     sam_every: int = option(2, "sam-k: a SAM step every k steps, base steps in between", group=OPT, parse=int)
     looksam_k: int = option(8, "looksam: an exact SAM step every k steps (the GraphSAM paper's tuning)", group=OPT,
