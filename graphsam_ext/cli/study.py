@@ -17,7 +17,9 @@ DESCRIPTION = (
     "and skips finished cells, and the grid can be spread over several invocations (the training settings are "
     "stored in --out/study.json at the first one and reused). Every optimizer of a (dataset, protocol, seed) "
     "shares its split, initial weights and batch order. At the end (or with --report alone) the finished cells "
-    "are aggregated into --out/report.md, report.json and plots."
+    "are aggregated into --out/report.md, report.json and plots. With --cosine, instead of the grid: one dataset, "
+    "protocol and seed, each optimizer trained while the cosine between its perturbation direction and the exact "
+    "SAM perturbation gradient is measured on the side (graphsam_ext.study.cosine)."
 )
 # TrainConfig fields the grid sets, and the study's own option that replaces each
 GRID_FIELDS = {"dataset": "--datasets", "data_path": "--data-path", "split": "--protocols",
@@ -74,7 +76,11 @@ def _positive(flag):
     return parse
 
 
+GRID_OUT, COSINE_OUT = "runs/study", "runs/cosine"
+
+
 def add_parser(sub, add_execution_options) -> None:
+    from graphsam_ext.study.cosine import COSINE_OPTIMIZERS
     from graphsam_ext.study.grid import (DATASETS, DEFAULT_SEEDS, PROTOCOLS, STUDY_EPOCHS, STUDY_PATIENCE,
                                          available_optimizers)
 
@@ -97,12 +103,24 @@ def add_parser(sub, add_execution_options) -> None:
                         f"80/10/10) (default: {' '.join(PROTOCOLS)})")
     g.add_argument("--epochs", type=_positive("--epochs"), metavar="N", default=None,
                    help=f"maximum epochs per cell (default {STUDY_EPOCHS}, the paper's; a study's later invocations "
-                        "reuse its stored value)")
+                        "reuse its stored value; with --cosine the graphsam train default)")
     g.add_argument("--patience", type=_positive("--patience"), metavar="N", default=None,
-                   help=f"early stop after N epochs without validation improvement (default {STUDY_PATIENCE})")
-    g.add_argument("--out", metavar="DIR", default="runs/study", help="the study directory (default runs/study)")
+                   help=f"early stop after N epochs without validation improvement (default {STUDY_PATIENCE}; with "
+                        "--cosine none: every epoch is trained)")
+    g.add_argument("--out", metavar="DIR", default=None,
+                   help=f"the study directory (default {GRID_OUT}; with --cosine {COSINE_OUT})")
     g.add_argument("--report", action="store_true",
-                   help="only aggregate the cells already in --out into report.md and plots; train nothing")
+                   help="only aggregate the cells already in --out into report.md and plots (with --cosine: the "
+                        "measured rows into cosine.csv, cosine.png and summary.md); train nothing")
+    c = p.add_argument_group("cosine (instead of the grid)")
+    c.add_argument("--cosine", action="store_true",
+                   help="train each of --optimizers (default: " + " ".join(COSINE_OPTIMIZERS) + ") on one dataset "
+                        "(default esol), protocol (default scaffold) and seed (default 0), measuring at every --cosine-every-th step "
+                        "the cosine between its perturbation direction and the exact gradient of the step's batch "
+                        "(computed on the side; the training run is unchanged); writes --out/cosine.csv, cosine.png "
+                        "and summary.md. An optimizer finished in --out is skipped")
+    c.add_argument("--cosine-every", type=_positive("--cosine-every"), metavar="N", default=None,
+                   help="with --cosine: measure every N-th step (default 1: every step)")
     passthrough = _PassThrough(p)
     add_config_options(passthrough, "train")
     add_execution_options(p, num_threads=1)
@@ -121,7 +139,7 @@ def _plan(args):
     from graphsam_ext.study.grid import (DATASETS, DEFAULT_SEEDS, PROTOCOLS, StudyPlan, available_optimizers,
                                          load_study_file, settings_given_from)
 
-    out = Path(args.out)
+    out = Path(args.out or GRID_OUT)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another --out")
     stored = load_study_file(out)
@@ -152,20 +170,76 @@ def _report(out: Path) -> int:
     return 0
 
 
+# the study's own options, by flag
+DESTS = {"--datasets": "datasets", "--data-path": "study_data_paths", "--optimizers": "optimizers", "--seeds": "seeds",
+         "--protocols": "protocols", "--cosine-every": "cosine_every"}
+
+
+def _check_report_only(args, flags, what: str, out: Path, command: str) -> None:
+    """--report trains nothing: a UserError naming the given ``flags`` and training options, or
+    saying that ``out`` is not there yet (``command`` makes it)."""
+    given = [flag for flag in flags if getattr(args, DESTS[flag]) is not None]
+    given += [f"--{name.replace('_', '-')}" for name in _given(args)]
+    if given:
+        raise UserError(f"{what}; drop {', '.join(given)}")
+    if not out.is_dir():
+        raise UserError(f"--out {out}: no such study directory; run `{command}` first")
+
+
+def _one(flag: str, values, default):
+    if values is None:
+        return default
+    if len(values) != 1:
+        raise UserError(f"--cosine measures one dataset, protocol and seed; give one value to {flag}, not "
+                        f"{' '.join(str(v) for v in values)}")
+    return values[0]
+
+
+def _cosine(args) -> int:
+    from graphsam_ext.study.cosine import COSINE_OPTIMIZERS, cosine_config, run_cosine, write_outputs
+    from graphsam_ext.study.grid import PROTOCOLS, check_protocols, study_command
+
+    out = Path(args.out or COSINE_OUT)
+    if args.report:
+        _check_report_only(args, ("--datasets", "--data-path", "--seeds", "--protocols", "--cosine-every"),
+                           "--report with --cosine redraws what is in --out and trains nothing", out,
+                           f"graphsam study --cosine --out {out}")
+        return _cosine_written(out, write_outputs(out, args.optimizers))
+    given = _given(args)
+    if args.datasets is not None and args.study_data_paths is not None:
+        raise UserError("--cosine measures one dataset: give --datasets NAME or --data-path CSV, not both")
+    if args.study_data_paths is not None:
+        given["data_path"] = _one("--data-path", args.study_data_paths, None)
+    else:
+        given["dataset"] = _one("--datasets", args.datasets, "esol").strip().lower()
+    protocol = check_protocols([_one("--protocols", args.protocols, "scaffold")])[0]
+    given.update(split=PROTOCOLS[protocol], first_seed=_one("--seeds", args.seeds, 0), seeds=1,
+                 optimizers=args.optimizers or list(COSINE_OPTIMIZERS))
+    cfg = cosine_config(given)
+    device = setup_execution(args)
+    log = logger(args)
+    summary = run_cosine(cfg, out, args.cosine_every or 1, device, log=log, progress=show_progress(args),
+                         command=study_command())
+    return _cosine_written(out, summary)
+
+
+def _cosine_written(out: Path, summary: dict) -> int:
+    print(f"cosine: {out / 'cosine.csv'}, {out / 'cosine.png'}, {out / 'summary.md'} ({', '.join(summary)})")
+    return 0
+
+
 def run(args) -> int:
     from graphsam_ext.study.grid import run_study, study_command
 
-    out = Path(args.out)
+    if args.cosine:
+        return _cosine(args)
+    if args.cosine_every is not None:
+        raise UserError("--cosine-every applies to --cosine only; add --cosine or drop it")
+    out = Path(args.out or GRID_OUT)
     if args.report:
-        given = [flag for flag, value in (("--datasets", args.datasets), ("--data-path", args.study_data_paths),
-                                          ("--optimizers", args.optimizers), ("--seeds", args.seeds),
-                                          ("--protocols", args.protocols)) if value is not None]
-        given += [f"--{name.replace('_', '-')}" for name in _given(args)]
-        if given:
-            raise UserError(f"--report aggregates the cells already in --out and trains nothing; drop "
-                            f"{', '.join(given)}")
-        if not out.is_dir():
-            raise UserError(f"--out {out}: no such study directory; run `graphsam study --out {out}` first")
+        _check_report_only(args, ("--datasets", "--data-path", "--optimizers", "--seeds", "--protocols"),
+                           "--report aggregates the cells already in --out and trains nothing", out,
+                           f"graphsam study --out {out}")
         return _report(out)
     plan = _plan(args)
     device = setup_execution(args)
