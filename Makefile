@@ -28,7 +28,7 @@ build: setup
 test: build
 	GRAPHSAM_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
 
-# two runs at once: the 2-core machine this is sized for finishes in about 4 minutes
+# two runs at once: about 450 CPU seconds, shared by the two cores of the machine it is sized for
 RUN_ARGS ?= --jobs 2
 run: build
 	$(VENV)/bin/graphsam compare $(RUN_ARGS)
