@@ -93,4 +93,4 @@ def test_option_errors(csv):
     with pytest.raises(UserError, match="local-perturbation"):
         _config(csv, optimizers=["graphsam"], local_perturbation=True)
     with pytest.raises(UserError, match="precision"):
-        _config(csv, precision="fp16")
+        _config(csv, precision="fp8")
