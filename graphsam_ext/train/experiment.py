@@ -234,7 +234,7 @@ def _run_in_processes(cfg: TrainConfig, run_dir: Path, dataset, device, jobs: in
     process of its own with the parent's torch thread count; the pairs leave their result.json
     (and checkpoints) where the one-process loop finds them. Splits are written here first."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     for seed in cfg.seed_list:
         split_for_seed(cfg, dataset, seed, run_dir)
@@ -249,13 +249,11 @@ def _run_in_processes(cfg: TrainConfig, run_dir: Path, dataset, device, jobs: in
     with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, initializer=_worker_start,
                              initargs=(cfg.to_dict(), dataset, torch.get_num_threads())) as pool:
         futures = [pool.submit(_worker_run, opt, seed, str(run_dir), str(device)) for opt, seed in pending]
-        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in not_done:
-            future.cancel()
-        for future in done:
-            error = future.exception()
-            if error is not None:
-                raise error
+        for future in as_completed(futures):
+            if future.exception() is not None:  # the runs not started yet are dropped, then it is raised
+                for other in futures:
+                    other.cancel()
+                raise future.exception()
             opt, seed = future.result()
             log(f"{opt:>12} seed {seed}: finished")
 
