@@ -2,7 +2,7 @@
 
     h0 = AtomEmbed(x)                          x: (N, atom_dim) -> (N, hidden)
     e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
-    h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l)      l = 1..L
+    h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l[, bonds])      l = 1..L
     g  = Readout(LayerNorm(h_L), batch)        (G, readout width: hidden, or 2 hidden for mean_sum)
     out = MLP([g | mol_features])              (G, num_tasks): logits or standardized values
 
@@ -13,6 +13,10 @@ topological distance to the attention score, so the model can learn how fast att
 fall off with distance instead of fixing it (CoMPT multiplies by exp(-0.1 d)). The distance is
 read from the pair edge features, whose last ``distance_bins + 1`` columns are the one-hot
 distance 1..bins followed by the "different fragments" flag (see ``graphsam_ext.data``).
+
+With ``local=True`` every layer also runs a sum-aggregating bond message passing beside the
+attention (GraphGPS's local block); its edges are the bonds, which in pair mode are the pair
+edges at distance 1, so it stays linear in the number of bonds whatever the attention's edges.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class ModelConfig:
     of the MLP head's hidden layer (default hidden); attention: bonds or pairs; distance_bins:
     the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only);
     mol_dim: width of the molecule descriptors concatenated before the head
-    (``Featurizer.mol_dim``; 0: none); sum_scale: the divisor of the sum in the ``mean_sum`` readout.
+    (``Featurizer.mol_dim``; 0: none); sum_scale: the divisor of the sum in the ``mean_sum`` readout;
+    local: a bond message-passing block beside the attention in every layer.
     """
 
     atom_dim: int
@@ -57,6 +62,7 @@ class ModelConfig:
     distance_bins: int = 0
     mol_dim: int = 0
     sum_scale: float = SUM_SCALE
+    local: bool = False
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
@@ -71,6 +77,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.local, bool):
+            raise UserError(f"model local must be true or false, got {self.local!r}")
         if not isinstance(self.mol_dim, int) or self.mol_dim < 0:
             raise UserError(f"model mol_dim must be an integer >= 0 (Featurizer.mol_dim), got {self.mol_dim!r}")
         if self.readout not in READOUT_NAMES:
@@ -120,7 +128,7 @@ class MolecularGraphTransformer(nn.Module):
         self.bond_embed = nn.Sequential(nn.Linear(c.edge_dim, c.edge_hidden), nn.GELU())
         self.layers = nn.ModuleList(
             GraphTransformerLayer(c.hidden, c.heads, edge_dim=c.edge_hidden, dropout=c.dropout,
-                                  ffn_multiplier=c.ffn_multiplier)
+                                  ffn_multiplier=c.ffn_multiplier, local=c.local)
             for _ in range(c.layers)
         )
         if c.attention == "pairs":
@@ -154,9 +162,11 @@ class MolecularGraphTransformer(nn.Module):
             )
         h = self.atom_embed(batch.x)
         e = self.bond_embed(batch.edge_attr)
-        biases = self._distance_biases(batch.edge_attr)
+        distance = self._distance_index(batch.edge_attr)
+        biases = None if distance is None else [emb(distance) for emb in self.distance_bias]
+        bonds = self._bonds(batch.rowptr, batch.col, e, distance) if self.config.local else None
         for i, layer in enumerate(self.layers):
-            h = layer(h, batch.rowptr, batch.col, e, None if biases is None else biases[i])
+            h = layer(h, batch.rowptr, batch.col, e, None if biases is None else biases[i], bonds)
         g = self.readout(self.norm(h), batch.batch, batch.num_graphs)
         if self.config.mol_dim:
             g = torch.cat([g, self._mol_features(batch)], dim=-1)
@@ -172,14 +182,24 @@ class MolecularGraphTransformer(nn.Module):
             )
         return feats.to(self.head[0].weight.dtype)
 
-    def _distance_biases(self, edge_attr: torch.Tensor):
-        """Per-layer (E, heads) score biases from the one-hot distance block of the edges."""
+    def _distance_index(self, edge_attr: torch.Tensor):
+        """(E,) index into the distance biases from the one-hot distance block of the edges
+        (0: distance 1, a bond); None in bond mode."""
         if self.distance_bias is None:
             return None
         bins = self.config.distance_bins
-        block = edge_attr[:, edge_attr.shape[1] - bins - 1:]
-        idx = block.argmax(dim=-1)
-        return [emb(idx) for emb in self.distance_bias]
+        return edge_attr[:, edge_attr.shape[1] - bins - 1:].argmax(dim=-1)
+
+    @staticmethod
+    def _bonds(rowptr: torch.Tensor, col: torch.Tensor, e: torch.Tensor, distance):
+        """(dst, src, bond embedding) of the directed bonds: every edge in bond mode, the pair
+        edges at distance 1 in pair mode (selecting them reads their count back to the host)."""
+        dst = torch.repeat_interleave(torch.arange(rowptr.numel() - 1, device=col.device), rowptr.diff(),
+                                      output_size=col.numel())
+        if distance is None:
+            return dst, col, e
+        keep = (distance == 0).nonzero().squeeze(1)
+        return dst.index_select(0, keep), col.index_select(0, keep), e.index_select(0, keep)
 
 
 class _CSRBatch(NamedTuple):

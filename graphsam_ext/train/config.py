@@ -172,6 +172,8 @@ class TrainConfig:
                                              parse=parse_pair_distance)
     descriptors: bool = option(True, "concatenate molecule-level RDKit descriptors to the pooled graph vector",
                                group=MODEL)
+    local_mpnn: bool = option(False, "add a sum-aggregating bond message-passing block beside the attention in "
+                                     "every layer (GraphGPS's local block)", group=MODEL)
 
     def __post_init__(self):
         try:
@@ -213,9 +215,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        if not isinstance(self.descriptors, bool):
-            raise UserError(f"descriptors must be true or false (--descriptors / --no-descriptors), got "
-                            f"{self.descriptors!r}")
+        for name in ("descriptors", "local_mpnn"):
+            if not isinstance(getattr(self, name), bool):
+                flag = name.replace("_", "-")
+                raise UserError(f"{name} must be true or false (--{flag} / --no-{flag}), got {getattr(self, name)!r}")
         self.pair_distance = parse_pair_distance(self.pair_distance)
         if self.attention == "pairs" and self.pair_distance is None:
             self.pair_distance = 3
@@ -270,7 +273,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         return dict(hidden=self.hidden, layers=self.layers, heads=self.heads, edge_hidden=self.edge_hidden,
                     dropout=self.dropout, ffn_multiplier=self.ffn_multiplier, readout=self.readout,
-                    attention=self.attention)
+                    attention=self.attention, local=self.local_mpnn)
 
     def to_dict(self) -> dict:
         d = asdict(self)
