@@ -153,6 +153,8 @@ def test_report_on_synthetic_cells(tmp_path):
     for rel in plots.values():
         assert (out / rel).is_file() and rel in text
     assert any("rho" in title for title in plots)
+    # the rho each optimizer started from is read from the cells (adam records none)
+    assert payload["rho_used"] == {"sam": [0.05]} and "rho at the first epoch sam 0.05" in text
 
 
 # -- the grid on a tiny CSV ---------------------------------------------------------------------------------

@@ -286,6 +286,7 @@ def build_report(out, method: str | None = None) -> dict:
                               sort_keys=True) for c in cells})
     study = load_study_file(out)
     payload = {
+        "rho_used": rho_used(cells),
         "test": method, "cells_unreadable": bad, "counts": counts,
         "cpu_seconds": {"finished_cells": cell_cpu, "all_invocations": invocation_cpu},
         "environments": [json.loads(e) for e in envs], "settings": study.get("settings", {}),
@@ -294,6 +295,25 @@ def build_report(out, method: str | None = None) -> dict:
     write_json_atomic(out / "report.json", finite_or_none(payload))
     (out / "report.md").write_text(_markdown(payload, groups, plots, plot_note, invocations, method))
     return payload
+
+
+def rho_used(cells: list[dict]) -> dict:
+    """{optimizer: sorted distinct first-epoch rho over its cells}, read from the cells' histories
+    (the rho each optimizer actually started from, whatever the study's settings said)."""
+    seen: dict = {}
+    for cell in cells:
+        history = cell["result"].get("history") or []
+        rho = history[0].get("rho") if history else None
+        if rho is not None:
+            seen.setdefault(cell["cell"]["optimizer"], set()).add(float(rho))
+    return {opt: sorted(seen[opt]) for opt in _order(seen, list(STUDY_OPTIMIZERS))}
+
+
+def _rho_text(settings: dict, used: dict) -> str:
+    if used:
+        shown = ", ".join(f"{opt} {'/'.join(f'{r:g}' for r in rhos)}" for opt, rhos in used.items())
+        return f"rho at the first epoch {shown}"
+    return f"rho {settings.get('rho')}"
 
 
 def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
@@ -331,7 +351,7 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
               "scaffold 80/10/10, a different split per seed.",
               f"- Up to {settings.get('epochs')} epochs, early stop after {settings.get('patience')} epochs without "
               f"validation improvement; batch {settings.get('batch_size')}, {settings.get('schedule')} LR schedule "
-              f"peak {settings.get('lr')}; rho {settings.get('rho')}, GraphSAM beta {settings.get('beta')}, gamma "
+              f"peak {settings.get('lr')}; {_rho_text(settings, payload.get('rho_used', {}))}, GraphSAM beta {settings.get('beta')}, gamma "
               f"{settings.get('gamma')}, lambda {settings.get('lam')}, sam-k k {settings.get('sam_every')}.",
               f"- Model: hidden {settings.get('hidden')}, layers {settings.get('layers')}, heads "
               f"{settings.get('heads')}, bond width {settings.get('edge_hidden')}, readout {settings.get('readout')}, "
