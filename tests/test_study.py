@@ -146,6 +146,7 @@ def test_report_on_synthetic_cells(tmp_path):
     assert "4/4!" in text and "esol/random/sam/seed2" in text
     assert "| sam | 3 | -0.0667 | 0.1528 | 6.45 % | better | -0.76 | 0.750 |" in text
     assert "| sam | 1 | 1 (0 with p < 0.05) | 0 (0 with p < 0.05) |" in text
+    assert "| esol, random | rmse (lower is better) | 1.033 ± 0.153 | 0.750 ± 0.436 |" in text
     assert "GROVER" in text and "0.619 ± 0.089" in text and "different backbones" in text
     assert str(broken) in text and payload["cpu_seconds"]["finished_cells"] == pytest.approx(21.0)
     assert "## Throughput" not in text  # no GraphSAM cell: nothing to set beside the paper's ratios
@@ -155,6 +156,23 @@ def test_report_on_synthetic_cells(tmp_path):
     assert any("rho" in title for title in plots)
     # the rho each optimizer started from is read from the cells (adam records none)
     assert payload["rho_used"] == {"sam": [0.05]} and "rho at the first epoch sam 0.05" in text
+
+
+def test_overview_marks_only_the_differences_with_a_small_p(tmp_path):
+    """Six seeds where sam is better every time: the exact sign-flip p is 2/64, so the overview marks
+    sam (+); graphsam, better on three seeds and worse on three, stays unmarked."""
+    from graphsam_ext.study.report import _overview
+
+    out = tmp_path / "study"
+    for seed in range(6):
+        _synthetic_cell(out, seed, "adam", 1.0 + 0.01 * seed)
+        _synthetic_cell(out, seed, "sam", 0.9 + 0.01 * seed)
+        _synthetic_cell(out, seed, "graphsam", 1.0 + 0.01 * seed + (0.05 if seed % 2 else -0.05))
+    cells, _ = load_cells(out)
+    text = "\n".join(_overview(aggregate(cells, SIGN_FLIP)))
+    row = next(line for line in text.splitlines() if line.startswith("| esol, random"))
+    adam, sam, graphsam = (c.strip() for c in row.strip("|").split("|")[2:])
+    assert sam.endswith("(+)") and not adam.endswith(")") and not graphsam.endswith(")")
 
 
 # -- the grid on a tiny CSV ---------------------------------------------------------------------------------

@@ -219,6 +219,34 @@ def _at_a_glance(groups: dict, alpha: float = 0.05) -> list[str]:
             ""]
 
 
+def _overview(groups: dict, alpha: float = 0.05) -> list[str]:
+    """One row per (dataset, protocol), one column per optimizer: the test metric's mean ± std over
+    seeds, with the paired difference's sign to the baseline marked where p < alpha."""
+    optimizers = _order({opt for g in groups.values() for opt in g["optimizers"]}, list(STUDY_OPTIMIZERS))
+    if not optimizers:
+        return []
+    rows = []
+    for group in groups.values():
+        row = [f"{group['dataset']}, {group['protocol']}", f"{group['metric']} ({'higher' if group['higher_is_better'] else 'lower'} is better)"]
+        for opt in optimizers:
+            e = group["optimizers"].get(opt)
+            if e is None:
+                row.append("–")
+                continue
+            stat = e[f"test_{group['metric']}"]
+            text = _fmt(stat["mean"], 3) + (f" ± {_fmt(stat['std'], 3)}" if stat["n"] > 1 else "")
+            p = group["paired"].get(opt)
+            if p and p["better"] is not None and p["p"] is not None and not math.isnan(p["p"]) and p["p"] < alpha:
+                text += " (+)" if p["better"] else " (−)"
+            if stat["n"] < 3:
+                text += f" [{stat['n']} seed{'s' if stat['n'] != 1 else ''}]"
+            row.append(text)
+        rows.append(row)
+    return [f"Test metric, mean ± sample std over seeds; (+) / (−): better / worse than {BASELINE} with paired "
+            f"p < {alpha}; [n seeds] where fewer than 3 have finished.", "",
+            *_table(["dataset, protocol", "metric", *optimizers], rows), ""]
+
+
 def _throughput_section(groups: dict) -> list[str]:
     rows = []
     for group in groups.values():
@@ -370,6 +398,7 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
     lines += ["", "## Results", ""]
     if not groups:
         lines += ["No finished cells yet.", ""]
+    lines += _overview(groups)
     lines += _at_a_glance(groups)
     for key, group in groups.items():
         lines += _group_section(group, plots.get(f"{key[0]}/{key[1]}", {}))
