@@ -175,6 +175,19 @@ def test_overview_marks_only_the_differences_with_a_small_p(tmp_path):
     assert sam.endswith("(+)") and not adam.endswith(")") and not graphsam.endswith(")")
 
 
+def test_a_study_that_predates_a_setting_keeps_the_value_it_ran_with(tmp_path):
+    """A study.json written before local_mpnn existed ran without the bond block, whatever today's
+    default: resuming it must not switch the block on, and asking for it is refused."""
+    settings = grid.normalized_settings({})
+    del settings["local_mpnn"]
+    (tmp_path / "study.json").write_text(json.dumps({"settings": settings, "data_paths": {}}))
+    stored = grid.load_study_file(tmp_path)["settings"]
+    assert stored["local_mpnn"] is False
+    assert grid.settings_given_from(stored, {})["local_mpnn"] is False
+    with pytest.raises(UserError, match="local_mpnn"):
+        grid.settings_given_from(stored, {"local_mpnn": True})
+
+
 # -- the grid on a tiny CSV ---------------------------------------------------------------------------------
 def test_study_resumes_to_the_uninterrupted_results(tmp_path, one_thread, capsys):
     csv = write_tiny_csv(tmp_path / "tiny.csv")

@@ -217,11 +217,21 @@ def settings_given_from(stored: dict, given: dict) -> dict:
     return {**merged, **{k: v for k, v in given.items() if k in NEUTRAL_FIELDS}}
 
 
+# Settings added after a study.json may have been written, each with the value that gives what such a
+# study ran (not today's default, which may differ): the bond block did not exist before local_mpnn.
+PREDATED_SETTINGS = {"local_mpnn": False}
+
+
 def load_study_file(out) -> dict:
+    """study.json of ``out`` ({} when none), with a setting it predates filled in from PREDATED_SETTINGS."""
     path = Path(out) / STUDY_FILE
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    stored = json.loads(path.read_text())
+    if stored.get("settings"):
+        for name, value in PREDATED_SETTINGS.items():
+            stored["settings"].setdefault(name, value)
+    return stored
 
 
 def record_plan(plan: StudyPlan) -> None:
