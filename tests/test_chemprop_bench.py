@@ -263,6 +263,23 @@ def test_read_ours_from_a_run_directory(tmp_path):
     assert str(run / "adam" / "seed1" / "result.json") in str(err.value)
 
 
+def test_a_piece_cached_under_other_defaults_is_not_reused(tmp_path, monkeypatch):
+    """A cached piece records the digest of `graphsam train`'s defaults; after a default changes
+    (here the model's width) the same request must not return the old piece."""
+    from graphsam_ext.train import config
+
+    request = {"dataset": "esol", "graphsam_args": "", "graphsam_defaults": cb.our_defaults_digest()}
+    path = tmp_path / "piece.json"
+    path.write_text(json.dumps({"request": request}))
+    assert cb._cached_piece(path, dict(request)) == {"request": request}
+    hidden = next(f for f in config.fields(config.TrainConfig) if f.name == "hidden")
+    monkeypatch.setattr(hidden, "default", hidden.default + 1)
+    changed = {**request, "graphsam_defaults": cb.our_defaults_digest()}
+    assert changed["graphsam_defaults"] != request["graphsam_defaults"]
+    with pytest.raises(cb.BenchError, match="defaults of `graphsam train` changed"):
+        cb._cached_piece(path, changed)
+
+
 FAKE_CHEMPROP = textwrap.dedent('''
     """Stands in for chemprop's launcher: writes what chemprop 2.3.1 writes (test_predictions.csv)
     and the launcher's timing.json; predicts the mean training target."""

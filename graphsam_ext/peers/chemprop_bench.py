@@ -507,6 +507,20 @@ def _write_json(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
+def our_defaults_digest() -> str:
+    """A short digest of every default of `graphsam train` that can change a result (TrainConfig's
+    fields and each optimizer's rho), so that a piece cached before a default changed is not
+    reused as if it had run with the new one."""
+    from dataclasses import fields
+
+    from graphsam_ext.train import TrainConfig
+    from graphsam_ext.train.optimizers import DEFAULT_RHO
+
+    defaults = {f.name: TrainConfig.default(f.name) for f in fields(TrainConfig)}
+    payload = json.dumps({"train": defaults, "rho": DEFAULT_RHO}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def _cached_piece(path: Path, request: dict):
     if not path.is_file():
         return None
@@ -514,8 +528,9 @@ def _cached_piece(path: Path, request: dict):
     if piece.get("request") != request:
         changed = sorted(k for k in set(request) | set(piece.get("request", {}))
                          if request.get(k) != piece.get("request", {}).get(k))
-        raise BenchError(f"{path} was made with other settings ({', '.join(changed)} differ); pass another --out, "
-                         f"or delete {path.parent} to redo this piece")
+        why = " (the defaults of `graphsam train` changed since)" if "graphsam_defaults" in changed else ""
+        raise BenchError(f"{path} was made with other settings ({', '.join(changed)} differ{why}); pass another "
+                         f"--out, or delete {path.parent} to redo this piece")
     return piece
 
 
@@ -550,7 +565,7 @@ class Bench:
         piece_dir = self.out / f"ours-{optimizer}" / dataset / split
         run_dir = piece_dir / "run"
         request = {"dataset": dataset, "split": split, "optimizer": optimizer, "epochs": o.epochs,
-                   "seeds": o.seeds, "graphsam_args": o.graphsam_args}
+                   "seeds": o.seeds, "graphsam_args": o.graphsam_args, "graphsam_defaults": our_defaults_digest()}
         cached = _cached_piece(piece_dir / PIECE_FILE, request)
         if cached is not None:
             self.log(f"  ours ({optimizer}): cached in {piece_dir}")
