@@ -34,4 +34,6 @@ TORCH_LIBRARY(graphsam_ext, m) {
       "graph_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor rowptr, "
       "Tensor col, Tensor? edge, Tensor? bias, Tensor out, Tensor lse, float scale) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ---- dropout with a counter-based mask (graphsam_ext/ops/dropout.py documents it) ----
+  m.def("dropout(Tensor x, float p, Tensor seed) -> Tensor");
 }

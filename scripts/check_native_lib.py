@@ -14,7 +14,7 @@ import sys
 import torch
 
 OPS = ["sum_squares", "unscale_sum_squares_", "zero_", "perturb_", "direction_update_", "adam_step_", "sgd_step_",
-       "graph_attention_forward", "graph_attention_backward"]
+       "graph_attention_forward", "graph_attention_backward", "dropout"]
 
 
 def load(path: str) -> dict:
