@@ -176,3 +176,48 @@ def graph_attention_lse(q: Tensor, k: Tensor, rowptr: Tensor, col: Tensor, edge:
     shift = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     total = torch.zeros_like(lse).index_add(0, dst, torch.exp(scores - shift.index_select(0, dst)))
     return torch.where(total > 0, shift + torch.log(total), torch.zeros_like(total))
+
+
+# ---- dropout ----------------------------------------------------------------------------------
+# csrc/dropout_math.h with int64 tensor ops: int64 multiplication and addition wrap like uint64
+# (same bits), and a logical right shift is an arithmetic one with the sign-extended bits masked.
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_DROPOUT_GAMMA = _signed64(0x9E3779B97F4A7C15)
+_DROPOUT_MIX1 = _signed64(0xBF58476D1CE4E5B9)
+_DROPOUT_MIX2 = _signed64(0x94D049BB133111EB)
+
+
+def _shift_right_logical(z: Tensor, bits: int) -> Tensor:
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def dropout_bits(seed: Tensor, numel: int, device: torch.device | str) -> Tensor:
+    """(numel,) int64 in [0, 2^32): the high 32 bits of splitmix64 at counters 1..numel of the
+    stream ``seed`` (a one-element int64 tensor), the random bits of each element."""
+    z = torch.arange(1, numel + 1, dtype=torch.int64, device=device) * _DROPOUT_GAMMA + seed.reshape(())
+    z = (z ^ _shift_right_logical(z, 30)) * _DROPOUT_MIX1
+    z = (z ^ _shift_right_logical(z, 27)) * _DROPOUT_MIX2
+    z = z ^ _shift_right_logical(z, 31)
+    return _shift_right_logical(z, 32)
+
+
+def dropout_threshold(p: float) -> int:
+    """round(p * 2^32): an element is dropped when its 32 bits are below it (exact in double)."""
+    return math.floor(p * 4294967296.0 + 0.5)
+
+
+def dropout_keep(seed: Tensor, numel: int, p: float, device: torch.device | str) -> Tensor:
+    """(numel,) bool, True for the kept elements of a ``dropout(x, p, seed)`` with x.numel() == numel."""
+    return dropout_bits(seed, numel, device) >= dropout_threshold(p)
+
+
+def dropout(x: Tensor, p: float, seed: Tensor) -> Tensor:
+    """x * (keep ? 1 / (1 - p) : 0) computed in float32 (float64 for float64 x), rounded to x's dtype."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    keep = dropout_keep(seed, x.numel(), p, x.device).view(x.shape)
+    factor = keep.to(acc) * (1.0 / (1.0 - p))
+    return (x.to(acc) * factor).to(x.dtype)
