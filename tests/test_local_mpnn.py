@@ -118,8 +118,12 @@ def test_local_model_trains_and_keeps_molecules_apart(attention):
 
 
 def test_command_line_option_reaches_the_model_and_old_configs_load():
-    assert TrainConfig().model_kwargs()["local"] is False
-    assert TrainConfig(local_mpnn=True).model_kwargs()["local"] is True
+    assert TrainConfig().model_kwargs()["local"] is True
+    assert TrainConfig(local_mpnn=False).model_kwargs()["local"] is False
+    # a run directory's config.json from before the option existed resumes without the block
+    stored = TrainConfig().to_dict()
+    del stored["local_mpnn"]
+    assert TrainConfig.from_dict(stored).local_mpnn is False
     with pytest.raises(UserError, match="--local-mpnn"):
         TrainConfig(local_mpnn="yes")
     old = ModelConfig(atom_dim=ATOM_DIM, edge_dim=EDGE_DIM, num_tasks=1).to_dict()

@@ -62,7 +62,7 @@ class ModelConfig:
     distance_bins: int = 0
     mol_dim: int = 0
     sum_scale: float = SUM_SCALE
-    local: bool = False
+    local: bool = True
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
@@ -100,11 +100,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a stored configuration (a checkpoint's); a checkpoint from before the bond block
+        existed has no ``local`` and was trained without it."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**{"local": False, **d})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,7 +33,7 @@ from typing import Callable
 
 from graphsam_ext import __version__
 from graphsam_ext.errors import UserError
-from graphsam_ext.train.config import TrainConfig
+from graphsam_ext.train.config import PREDATED_FIELDS, TrainConfig
 from graphsam_ext.train.experiment import finite_or_none
 from graphsam_ext.train.metrics import HIGHER_IS_BETTER, metric_names
 from graphsam_ext.train.optimizers import OPTIMIZER_NAMES
@@ -217,19 +217,14 @@ def settings_given_from(stored: dict, given: dict) -> dict:
     return {**merged, **{k: v for k, v in given.items() if k in NEUTRAL_FIELDS}}
 
 
-# Settings added after a study.json may have been written, each with the value that gives what such a
-# study ran (not today's default, which may differ): the bond block did not exist before local_mpnn.
-PREDATED_SETTINGS = {"local_mpnn": False}
-
-
 def load_study_file(out) -> dict:
-    """study.json of ``out`` ({} when none), with a setting it predates filled in from PREDATED_SETTINGS."""
+    """study.json of ``out`` ({} when none), with a setting it predates filled in from PREDATED_FIELDS."""
     path = Path(out) / STUDY_FILE
     if not path.is_file():
         return {}
     stored = json.loads(path.read_text())
     if stored.get("settings"):
-        for name, value in PREDATED_SETTINGS.items():
+        for name, value in PREDATED_FIELDS.items():
             stored["settings"].setdefault(name, value)
     return stored
 

@@ -172,8 +172,8 @@ class TrainConfig:
                                              parse=parse_pair_distance)
     descriptors: bool = option(True, "concatenate molecule-level RDKit descriptors to the pooled graph vector",
                                group=MODEL)
-    local_mpnn: bool = option(False, "add a sum-aggregating bond message-passing block beside the attention in "
-                                     "every layer (GraphGPS's local block)", group=MODEL)
+    local_mpnn: bool = option(True, "a sum-aggregating bond message-passing block beside the attention in every "
+                                    "layer (GraphGPS's local block)", group=MODEL)
 
     def __post_init__(self):
         try:
@@ -282,10 +282,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a stored configuration; a field it predates gets the value in PREDATED_FIELDS."""
         unknown = sorted(set(d) - set(_FIELDS))
         if unknown:
             raise UserError(f"unknown training config keys {unknown}")
-        return cls(**d)
+        return cls(**{**PREDATED_FIELDS, **d})
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+# Fields added after configurations were first stored (run directories, checkpoints, study.json),
+# each with the value that gives what such a configuration ran, not today's default: the bond
+# block did not exist before local_mpnn.
+PREDATED_FIELDS = {"local_mpnn": False}
