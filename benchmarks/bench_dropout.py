@@ -5,9 +5,9 @@ training step of the default model.
 The default model is the command line's (``TrainConfig()`` through
 ``graphsam_ext.train.loop.build_model``) on batches of ``TrainConfig().batch_size`` molecules of
 the same data as ``bench_training.py`` (the embedded CHEMBL2321810 set with RDKit, synthetic
-molecule-like graphs of the same widths without). The model's source is left as it is: the
-"ours" model is a deep copy of the same initial weights whose ``torch.nn.Dropout`` modules are
-swapped for ``graphsam_ext.nn.Dropout`` with the same p.
+molecule-like graphs of the same widths without). The model as built uses our dropout
+(``graphsam_ext.nn.ModelDropout``); the "torch" model is a deep copy of the same initial weights
+whose dropout modules are swapped for ``torch.nn.Dropout`` with the same p.
 
 - ``test_dropout_op``: one case per distinct shape the model's dropouts see in one batch (found
   with forward hooks), plus all of one step's dropout calls in a row. Each round runs torch's and
@@ -64,12 +64,12 @@ def timed(fn) -> tuple[float, float]:
 
 
 def swap_dropouts(model: torch.nn.Module) -> int:
-    """Replace every torch.nn.Dropout of ``model`` (in place) by graphsam_ext.nn.Dropout(p); returns how many."""
+    """Replace every graphsam_ext.nn.Dropout of ``model`` (in place) by torch.nn.Dropout(p); returns how many."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Dropout:
-                setattr(module, name, gnn.Dropout(child.p))
+            if isinstance(child, gnn.Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
                 swapped += 1
     return swapped
 
@@ -82,9 +82,9 @@ class Setup:
         cfg = self.data.cfg
         device = torch.device(DEVICE)
         torch.manual_seed(0)
-        self.models = {"torch": build_model(cfg, self.data.dataset).to(device)}
-        self.models["ours"] = copy.deepcopy(self.models["torch"])
-        self.swapped = swap_dropouts(self.models["ours"])
+        self.models = {"ours": build_model(cfg, self.data.dataset).to(device)}
+        self.models["torch"] = copy.deepcopy(self.models["ours"])
+        self.swapped = swap_dropouts(self.models["torch"])
         self.loss_fn = loss_for(self.data.dataset.task_type)
         size = cfg.batch_size
         steps = 1 if smoke else STEPS
@@ -176,8 +176,8 @@ def test_dropout_op(benchmark, report, setup):
 
 
 def test_model_step(benchmark, report, setup):
-    assert setup.swapped == len([m for m in setup.models["torch"].modules() if isinstance(m, torch.nn.Dropout)])
-    assert setup.swapped > 0 and not any(type(m) is torch.nn.Dropout for m in setup.models["ours"].modules())
+    assert setup.swapped == len([m for m in setup.models["ours"].modules() if isinstance(m, gnn.Dropout)])
+    assert setup.swapped > 0 and not any(isinstance(m, gnn.Dropout) for m in setup.models["torch"].modules())
     samples = {impl: [] for impl in IMPLS}
 
     def steps(impl):

@@ -179,3 +179,26 @@ def test_descriptors_reach_the_head_and_are_required():
     batch.mol_features = None
     with pytest.raises(ValueError, match="descriptors=True"):
         model(batch)
+
+
+def test_model_dropout_is_the_fused_op_on_cpu_and_torchs_elsewhere(monkeypatch):
+    from graphsam_ext import _backend
+    from graphsam_ext.nn import ModelDropout
+    from graphsam_ext.ops import dropout
+
+    x = torch.randn(37, 19)
+    module = ModelDropout(0.3)
+    assert sum(isinstance(m, ModelDropout) for m in _small(dropout=0.1).modules()) == 2 * 2 + 1  # per layer: the residual one, the feed-forward one
+    torch.manual_seed(5)
+    got = module(x)
+    torch.manual_seed(5)
+    if _backend.use_native("cpu"):
+        torch.testing.assert_close(got, dropout(x, 0.3), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)
+    monkeypatch.setattr(_backend, "use_native", lambda device: False)
+    torch.manual_seed(5)
+    fallback = module(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(fallback, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)
+    assert torch.equal(module.eval()(x), x)

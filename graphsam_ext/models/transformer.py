@@ -123,7 +123,7 @@ class MolecularGraphTransformer(nn.Module):
         elif kwargs:
             raise TypeError("pass either a ModelConfig or keyword arguments, not both")
         self.config = config
-        from graphsam_ext.nn import GraphTransformerLayer
+        from graphsam_ext.nn import GraphTransformerLayer, ModelDropout
 
         c = config
         self.atom_embed = nn.Sequential(nn.Linear(c.atom_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.hidden))
@@ -144,7 +144,8 @@ class MolecularGraphTransformer(nn.Module):
         self.readout = Readout(c.readout, c.hidden, c.sum_scale)
         head_hidden = c.head_hidden or c.hidden
         self.head = nn.Sequential(
-            nn.Linear(self.readout.out_dim + c.mol_dim, head_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(head_hidden, c.num_tasks)
+            nn.Linear(self.readout.out_dim + c.mol_dim, head_hidden), nn.GELU(), ModelDropout(c.dropout),
+            nn.Linear(head_hidden, c.num_tasks)
         )
 
     def num_parameters(self) -> int:

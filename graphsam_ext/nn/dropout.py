@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from graphsam_ext import _backend
 from graphsam_ext.ops.dropout import check_probability, dropout
 
 
@@ -31,3 +32,19 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ModelDropout(Dropout):
+    r"""The dropout of the molecular graph transformer: :class:`Dropout`'s op where its native CPU
+    kernel runs (on CPU training it is most of a step's dropout cost: forward and backward in
+    about 0.4x the CPU time of ``torch.nn.Dropout``, ``benchmarks/bench_dropout.py``), and
+    ``torch.nn.functional.dropout`` everywhere else: on CUDA, until the CUDA kernel has run on a
+    GPU (``scripts/gpu_check.sh`` runs its tests), and without the native library, where the
+    op's int64 reference would be slower than torch. Both are inverted dropout with keep
+    probability 1 - p; only the masks' random streams differ.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and _backend.use_native("cpu"):
+            return dropout(x, self.p, self.training)
+        return nn.functional.dropout(x, self.p, self.training)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from graphsam_ext.nn.attention import GraphAttention
+from graphsam_ext.nn.dropout import ModelDropout
 from graphsam_ext.nn.local import BondMessagePassing
 
 
@@ -50,10 +51,10 @@ The graph comes as CSR over destination nodes, built once
         self.ffn = nn.Sequential(
             nn.Linear(hidden, ffn_multiplier * hidden),
             nn.GELU(),
-            nn.Dropout(dropout),
+            ModelDropout(dropout),
             nn.Linear(ffn_multiplier * hidden, hidden),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = ModelDropout(dropout)
         if local and edge_dim is None:
             raise ValueError("GraphTransformerLayer: local=True needs edge_dim (the bond features' width)")
         self.local = BondMessagePassing(hidden, edge_dim) if local else None
