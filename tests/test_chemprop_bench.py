@@ -215,6 +215,26 @@ def test_summary_and_tables_from_result_files(tmp_path):
     assert (out / "bench.png").stat().st_size > 1000
 
 
+def test_summary_over_datasets_counts_where_ours_is_at_least_chemprop():
+    """ESOL (RMSE, lower is better): ours + adam 1.0 beats chemprop's 1.1, graphsam 1.2 does not;
+    BBBP (ROC-AUC): adam 0.8 loses to 0.85, graphsam 0.9 wins. Throughput: 50 / 100 and 50 / 25."""
+    pieces = [
+        _piece("ours-adam", "ours, adam", "esol", "random", "rmse", [1.0, 1.0], [2.0, 2.0]),
+        _piece("ours-graphsam", "ours, graphsam", "esol", "random", "rmse", [1.2, 1.2], [2.0, 2.0]),
+        _piece("chemprop", "chemprop", "esol", "random", "rmse", [1.1, 1.1], [1.0, 1.0]),
+        _piece("ours-adam", "ours, adam", "bbbp", "random", "roc_auc", [0.8, 0.8], [2.0, 2.0]),
+        _piece("ours-graphsam", "ours, graphsam", "bbbp", "random", "roc_auc", [0.9, 0.9], [2.0, 2.0]),
+        _piece("chemprop", "chemprop", "bbbp", "random", "roc_auc", [0.85, 0.85], [4.0, 4.0]),
+    ]
+    text = "\n".join(cb.format_summary(pieces))
+    assert "| bbbp | roc_auc | 0.800 ± 0.000 | 0.900 ± 0.000 | 0.850 ± 0.000 | 50 / 25 = 2.0x |" in text
+    assert "| esol | rmse | 1.000 ± 0.000 | 1.200 ± 0.000 | 1.100 ± 0.000 | 50 / 100 = 0.5x |" in text
+    assert "- ours + adam: at least chemprop's mean test metric on 1 of 2 datasets." in text
+    assert "- ours + graphsam: at least chemprop's mean test metric on 1 of 2 datasets." in text
+    assert "- ours + adam: at least chemprop's training molecules/s on 1 of 2 datasets." in text
+    assert text.index("| bbbp") < text.index("| esol") and text in cb.format_report(pieces)
+
+
 def test_paired_differences_are_taken_against_each_side_s_adam():
     """chemprop with our optimizer is paired with chemprop's own Adam, our GraphSAM with our Adam,
     seed by seed; a contender whose Adam is missing says so."""

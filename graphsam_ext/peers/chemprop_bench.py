@@ -404,11 +404,63 @@ def _group(pieces: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
     return sorted(groups.items(), key=key)
 
 
+def _at_least(ours: float, theirs: float, metric: str) -> bool:
+    return ours >= theirs if metric == "roc_auc" else ours <= theirs
+
+
+def format_summary(pieces: list[dict]) -> list[str]:
+    """Markdown: per split, one table over the datasets (each of our contenders and chemprop's
+    default, and how our Adam contender compares), then the tally of datasets where each of ours
+    is at least chemprop's metric and where our Adam contender is at least chemprop's throughput."""
+    out = []
+    for split in dict.fromkeys(p["split"] for p in pieces):
+        groups = [(ds, {p["contender"]: p for p in group}) for (ds, sp), group in _group(pieces) if sp == split]
+        ours = sorted({c for _, g in groups for c in g if c.startswith("ours-")}, key=_contender_order)
+        if CHEMPROP not in {c for _, g in groups for c in g} or not ours:
+            continue
+        rows, tally, faster, compared = [], dict.fromkeys(ours, 0), 0, 0
+        for ds, group in groups:
+            base = group.get(CHEMPROP)
+            if base is None:
+                continue
+            theirs = summarize_piece(base)
+            row = [ds, theirs["metric"]]
+            for c in ours:
+                mine = summarize_piece(group[c]) if c in group else None
+                row.append("–" if mine is None or mine["mean"] is None else
+                           f"{_fmt(mine['mean'])} ± {_fmt(mine['std'])}")
+                if mine and mine["mean"] is not None and theirs["mean"] is not None and \
+                        _at_least(mine["mean"], theirs["mean"], theirs["metric"]):
+                    tally[c] += 1
+            row.append(f"{_fmt(theirs['mean'])} ± {_fmt(theirs['std'])}")
+            adam = summarize_piece(group["ours-adam"]) if "ours-adam" in group else None
+            if adam and adam["molecules_per_second"] and theirs["molecules_per_second"]:
+                compared += 1
+                ratio = adam["molecules_per_second"] / theirs["molecules_per_second"]
+                faster += ratio >= 1.0
+                row.append(f"{adam['molecules_per_second']:.0f} / {theirs['molecules_per_second']:.0f} = {ratio:.1f}x")
+            else:
+                row.append("–")
+            rows.append(row)
+        header = ["dataset", "metric", *[c.replace("ours-", "ours + ") for c in ours], "chemprop",
+                  "molecules/s ours (adam) / chemprop"]
+        out += [f"## Summary, {split} split", "",
+                "| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
+                *["| " + " | ".join(r) + " |" for r in rows], ""]
+        out += [f"- {c.replace('ours-', 'ours + ')}: at least chemprop's mean test metric on {n} of {len(rows)} datasets."
+                for c, n in tally.items()]
+        if compared:
+            out.append(f"- ours + adam: at least chemprop's training molecules/s on {faster} of {compared} datasets.")
+        out.append("")
+    return out
+
+
 def format_report(pieces: list[dict]) -> str:
-    """Markdown: one section and table per dataset and split, and how the numbers were made."""
+    """Markdown: a summary over the datasets per split, one section and table per dataset and
+    split, and how the numbers were made."""
     if not pieces:
         raise BenchError("no finished piece to report; run the bench without --report first")
-    out = ["# chemprop side by side", ""]
+    out = ["# chemprop side by side", "", *format_summary(pieces)]
     for (ds, split), group in _group(pieces):
         epochs = sorted({p["epochs"] for p in group})
         seeds = sorted({s for p in group for s in p["per_seed"]}, key=int)
