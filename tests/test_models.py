@@ -184,6 +184,7 @@ def test_descriptors_reach_the_head_and_are_required():
 def test_model_dropout_is_the_fused_op_on_cpu_and_torchs_elsewhere(monkeypatch):
     from graphsam_ext import _backend
     from graphsam_ext.nn import ModelDropout
+    from graphsam_ext.nn import dropout as dropout_module
     from graphsam_ext.ops import dropout
 
     x = torch.randn(37, 19)
@@ -196,7 +197,7 @@ def test_model_dropout_is_the_fused_op_on_cpu_and_torchs_elsewhere(monkeypatch):
         torch.testing.assert_close(got, dropout(x, 0.3), rtol=0, atol=0)
     else:
         torch.testing.assert_close(got, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)
-    monkeypatch.setattr(_backend, "use_native", lambda device: False)
+    monkeypatch.setattr(dropout_module, "_native_cpu", lambda: False)
     torch.manual_seed(5)
     fallback = module(x)
     torch.manual_seed(5)

@@ -1,6 +1,7 @@
 """``Dropout``: a drop-in for ``torch.nn.Dropout`` on :func:`graphsam_ext.ops.dropout`."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from graphsam_ext import _backend
@@ -45,6 +46,12 @@ class ModelDropout(Dropout):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and _backend.use_native("cpu"):
+        if x.device.type == "cpu" and _native_cpu():
             return dropout(x, self.p, self.training)
         return nn.functional.dropout(x, self.p, self.training)
+
+
+@torch.compiler.assume_constant_result
+def _native_cpu() -> bool:
+    """Whether the native CPU kernels load, evaluated once by Dynamo instead of traced."""
+    return _backend.use_native("cpu")
