@@ -189,7 +189,8 @@ def test_model_dropout_is_the_fused_op_on_cpu_and_torchs_elsewhere(monkeypatch):
 
     x = torch.randn(37, 19)
     module = ModelDropout(0.3)
-    assert sum(isinstance(m, ModelDropout) for m in _small(dropout=0.1).modules()) == 2 * 2 + 1  # per layer: the residual one, the feed-forward one
+    # per layer the residual one and the feed-forward one, and the head's
+    assert sum(isinstance(m, ModelDropout) for m in _small(dropout=0.1).modules()) == 2 * 2 + 1
     torch.manual_seed(5)
     got = module(x)
     torch.manual_seed(5)

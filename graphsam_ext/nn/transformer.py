@@ -17,11 +17,10 @@ class GraphTransformerLayer(nn.Module):
 
     ``GraphAttention`` has ``heads`` heads of width ``hidden // heads`` and no skip projection
     (the residual plays that role). With ``local=True`` a sum-aggregating message passing over
-the bonds runs beside the attention and is added to the same residual, as in a GraphGPS
-layer (Rampasek et al., 2022); the attention's edges may then be the bonds or atom pairs.
-The graph comes as CSR over destination nodes, built once
-    per batch (by the collate function or :func:`graphsam_ext.ops.build_csr`), so no sorting
-    happens per layer or per step.
+    the bonds runs beside the attention and is added to the same residual, as in a GraphGPS
+    layer (Rampasek et al., 2022); the attention's edges may then be the bonds or atom pairs.
+    The graph comes as CSR over destination nodes, built once per batch (by the collate
+    function or :func:`graphsam_ext.ops.build_csr`), so no sorting happens per layer or per step.
 
     Args:
         hidden: node feature width (divisible by ``heads``).

@@ -447,8 +447,8 @@ def format_summary(pieces: list[dict]) -> list[str]:
         out += [f"## Summary, {split} split", "",
                 "| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
                 *["| " + " | ".join(r) + " |" for r in rows], ""]
-        out += [f"- {c.replace('ours-', 'ours + ')}: at least chemprop's mean test metric on {n} of {len(rows)} datasets."
-                for c, n in tally.items()]
+        out += [f"- {c.replace('ours-', 'ours + ')}: at least chemprop's mean test metric on {n} of {len(rows)} "
+                "datasets." for c, n in tally.items()]
         if compared:
             out.append(f"- ours + adam: at least chemprop's training molecules/s on {faster} of {compared} datasets.")
         out.append("")

@@ -227,7 +227,8 @@ def _overview(groups: dict, alpha: float = 0.05) -> list[str]:
         return []
     rows = []
     for group in groups.values():
-        row = [f"{group['dataset']}, {group['protocol']}", f"{group['metric']} ({'higher' if group['higher_is_better'] else 'lower'} is better)"]
+        better = "higher" if group["higher_is_better"] else "lower"
+        row = [f"{group['dataset']}, {group['protocol']}", f"{group['metric']} ({better} is better)"]
         for opt in optimizers:
             e = group["optimizers"].get(opt)
             if e is None:
@@ -379,7 +380,8 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
               "scaffold 80/10/10, a different split per seed.",
               f"- Up to {settings.get('epochs')} epochs, early stop after {settings.get('patience')} epochs without "
               f"validation improvement; batch {settings.get('batch_size')}, {settings.get('schedule')} LR schedule "
-              f"peak {settings.get('lr')}; {_rho_text(settings, payload.get('rho_used', {}))}, GraphSAM beta {settings.get('beta')}, gamma "
+              f"peak {settings.get('lr')}; {_rho_text(settings, payload.get('rho_used', {}))}, "
+              f"GraphSAM beta {settings.get('beta')}, gamma "
               f"{settings.get('gamma')}, lambda {settings.get('lam')}, sam-k k {settings.get('sam_every')}.",
               f"- Model: hidden {settings.get('hidden')}, layers {settings.get('layers')}, heads "
               f"{settings.get('heads')}, bond width {settings.get('edge_hidden')}, readout {settings.get('readout')}, "
