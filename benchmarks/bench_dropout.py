@@ -122,11 +122,8 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(request):
     smoke = request.config.getoption("benchmark_disable", False)
-    before = torch.get_num_threads()
-    if THREADS:
-        torch.set_num_threads(int(THREADS))
-    yield Setup(smoke)
-    torch.set_num_threads(before)
+    with conftest.torch_threads(THREADS):
+        yield Setup(smoke)
 
 
 def add_rows(report, benchmark, group: str, samples: dict, extra: dict | None = None) -> None:

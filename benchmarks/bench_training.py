@@ -200,11 +200,8 @@ def _sync(device: torch.device) -> None:
 @pytest.fixture(scope="module")
 def data(request):
     smoke = request.config.getoption("benchmark_disable", False)
-    before = torch.get_num_threads()
-    if THREADS:
-        torch.set_num_threads(int(THREADS))
-    yield Data(SMOKE_MOLECULES if smoke else MOLECULES)
-    torch.set_num_threads(before)
+    with conftest.torch_threads(THREADS):
+        yield Data(SMOKE_MOLECULES if smoke else MOLECULES)
 
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)

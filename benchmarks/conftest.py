@@ -7,12 +7,14 @@ this one run. ``GRAPHSAM_BENCH_REPORT=path`` also writes the tables as Markdown 
 A benchmark that alternates several implementations inside each round passes each one's
 ``samples``, so their ratio comes from the same rounds.
 """
+import contextlib
 import os
 import pathlib
 import statistics
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -56,6 +58,19 @@ class Report:
 
 _REPORT = Report()
 BASELINES = {}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: str):
+    """torch's intra-op threads set to ``threads`` (a number as text; empty: left as they are)
+    while the block runs, restored after it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
