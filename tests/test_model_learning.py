@@ -5,6 +5,13 @@ predicting the training mean for the first 3 to 13 epochs on ESOL-like targets: 
 the atom states hides how big a molecule is, which is the strongest single signal of
 solubility (docs/model.md). One epoch of the default configuration on ESOL must now lower the
 training loss clearly and bring the validation error well below the spread of the targets.
+
+On the embedded default set (a congeneric ChEMBL series) the default model still sits there
+for 5 to 9 epochs: the molecule descriptors, scaled by fixed constants chosen for diverse sets,
+vary by less than 0.2 across the series. Standardized with the training split's statistics
+(``descriptor_scaling``, as chemprop does with its extra descriptors) they are used from the
+first epochs; the option is off by default because on this set the model then fits the graph
+less well in the end (docs/model.md).
 """
 import math
 
@@ -14,37 +21,50 @@ import torch
 from graphsam_ext.data import make_loader
 from graphsam_ext.train import StepSchedule, TrainConfig, build_optimizer
 from graphsam_ext.train.experiment import load_data, split_for_seed
-from graphsam_ext.train.loop import build_model, epoch_order
+from graphsam_ext.train.loop import build_model, epoch_order, fit_descriptor_scaling
 from graphsam_ext.train.losses import loss_for
 
 
-def test_default_model_learns_within_its_first_epoch(tmp_path):
-    cfg = TrainConfig(dataset="esol")
+def _train(cfg, tmp_path, epochs):
+    """The default model trained with Adam as ``graphsam train`` does: the training losses of
+    every step and the validation MSE (targets standardized with train statistics) at the end."""
     dataset = load_data(cfg)
     data = split_for_seed(cfg, dataset, 0, tmp_path)
     torch.manual_seed(0)
     model = build_model(cfg, dataset)
+    fit_descriptor_scaling(model, data)
     opt = build_optimizer("adam", model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(data.train) / cfg.batch_size)
     schedule = StepSchedule(opt, schedule=cfg.schedule, steps_per_epoch=steps, max_lr=cfg.lr,
                             warmup_epochs=cfg.warmup_epochs, decay_epochs=cfg.decay_epochs, total_epochs=cfg.epochs)
     loss_fn = loss_for(dataset.task_type)
-    model.train()
     losses = []
-    for batch in make_loader(dataset, epoch_order(data.train, 0, 0), batch_size=cfg.batch_size):
-        opt.zero_grad()
-        loss = loss_fn(model(batch), data.scaler.transform(batch.y), batch.mask)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-    quarter = len(losses) // 4
-    first, last = np.mean(losses[:quarter]), np.mean(losses[-quarter:])
-    assert last < 0.8 * first, f"training loss {first:.3f} -> {last:.3f} within the first epoch"
-
+    for epoch in range(epochs):
+        model.train()
+        for batch in make_loader(dataset, epoch_order(data.train, 0, epoch), batch_size=cfg.batch_size):
+            opt.zero_grad()
+            loss = loss_fn(model(batch), data.scaler.transform(batch.y), batch.mask)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         batch = next(iter(make_loader(dataset, data.val, batch_size=len(data.val))))
         val_mse = loss_fn(model(batch), data.scaler.transform(batch.y), batch.mask).item()
+    return losses, val_mse
+
+
+def test_default_model_learns_within_its_first_epoch(tmp_path):
+    losses, val_mse = _train(TrainConfig(dataset="esol"), tmp_path, epochs=1)
+    quarter = len(losses) // 4
+    first, last = np.mean(losses[:quarter]), np.mean(losses[-quarter:])
+    assert last < 0.8 * first, f"training loss {first:.3f} -> {last:.3f} within the first epoch"
     # predicting the training mean scores about 1 here (targets standardized with train statistics)
     assert val_mse < 0.85, f"validation MSE {val_mse:.3f} (standardized) after one epoch"
+
+
+def test_scaled_descriptors_learn_the_embedded_series_from_the_first_epochs(tmp_path):
+    # the first two epochs are the warm-up; without the scaling this is still about 1.0
+    _, val_mse = _train(TrainConfig(descriptor_scaling=True), tmp_path, epochs=3)
+    assert val_mse < 0.85, f"validation MSE {val_mse:.3f} (standardized) after three epochs"

@@ -4,7 +4,7 @@
     e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
     h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l[, bonds])      l = 1..L
     g  = Readout(LayerNorm(h_L), batch)        (G, readout width: hidden, or 2 hidden for mean_sum)
-    out = MLP([g | mol_features])              (G, num_tasks): logits or standardized values
+    out = MLP([g | (mol_features - mu) / sd])  (G, num_tasks): logits or standardized values
 
 Attention runs over the edges of the batch's CSR: the bonds, or (``attention="pairs"``) every
 atom pair of a molecule within topological distance K as produced by a featurizer built with
@@ -44,7 +44,9 @@ class ModelConfig:
     the featurizer's number of distance bins (``Featurizer.distance_bins``, pair mode only);
     mol_dim: width of the molecule descriptors concatenated before the head
     (``Featurizer.mol_dim``; 0: none); sum_scale: the divisor of the sum in the ``mean_sum`` readout;
-    local: a bond message-passing block beside the attention in every layer.
+    local: a bond message-passing block beside the attention in every layer; mol_scaling:
+    standardize the molecule descriptors with stored statistics (buffers ``mol_mean`` and
+    ``mol_std``, set from the training split by :meth:`MolecularGraphTransformer.fit_mol_scaling`).
     """
 
     atom_dim: int
@@ -63,6 +65,7 @@ class ModelConfig:
     mol_dim: int = 0
     sum_scale: float = SUM_SCALE
     local: bool = True
+    mol_scaling: bool = False
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
@@ -77,8 +80,9 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.local, bool):
-            raise UserError(f"model local must be true or false, got {self.local!r}")
+        for name in ("local", "mol_scaling"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"model {name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.mol_dim, int) or self.mol_dim < 0:
             raise UserError(f"model mol_dim must be an integer >= 0 (Featurizer.mol_dim), got {self.mol_dim!r}")
         if self.readout not in READOUT_NAMES:
@@ -101,12 +105,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """From a stored configuration (a checkpoint's); a checkpoint from before the bond block
-        existed has no ``local`` and was trained without it."""
+        or the descriptor scaling existed has no ``local`` / ``mol_scaling`` and was trained
+        without them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**{"local": False, **d})
+        return cls(**{"local": False, "mol_scaling": False, **d})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +152,27 @@ class MolecularGraphTransformer(nn.Module):
             nn.Linear(self.readout.out_dim + c.mol_dim, head_hidden), nn.GELU(), ModelDropout(c.dropout),
             nn.Linear(head_hidden, c.num_tasks)
         )
+        if c.mol_dim and c.mol_scaling:
+            self.register_buffer("mol_mean", torch.zeros(c.mol_dim))
+            self.register_buffer("mol_std", torch.ones(c.mol_dim))
+
+    @torch.no_grad()
+    def fit_mol_scaling(self, features: torch.Tensor) -> None:
+        """Set the descriptor statistics from the training molecules' ``mol_features``
+        (G, mol_dim): their mean and standard deviation, a column that does not vary keeping
+        scale 1. A model built without ``mol_scaling`` has nothing to fit and refuses."""
+        if not (self.config.mol_dim and self.config.mol_scaling):
+            raise UserError("fit_mol_scaling: this model was built without molecule descriptor scaling "
+                            "(ModelConfig mol_dim > 0 and mol_scaling=True)")
+        features = torch.as_tensor(features, dtype=torch.float64)
+        if features.ndim != 2 or features.shape[1] != self.config.mol_dim or features.shape[0] < 1:
+            raise UserError(f"fit_mol_scaling: features must be (molecules >= 1, {self.config.mol_dim}), got "
+                            f"{tuple(features.shape)}")
+        if not torch.isfinite(features).all():
+            raise UserError("fit_mol_scaling: the training molecules' descriptors contain NaN or infinity")
+        std = features.std(dim=0, unbiased=False)
+        self.mol_mean.copy_(features.mean(dim=0))
+        self.mol_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -183,7 +209,10 @@ class MolecularGraphTransformer(nn.Module):
                 f"the model was built with {self.config.mol_dim} molecule descriptors but the batch has "
                 f"mol_features {got}; featurize with Featurizer(descriptors=True), as the model was trained"
             )
-        return feats.to(self.head[0].weight.dtype)
+        feats = feats.to(self.head[0].weight.dtype)
+        if self.config.mol_scaling:
+            feats = (feats - self.mol_mean.to(feats.dtype)) / self.mol_std.to(feats.dtype)
+        return feats
 
     def _distance_index(self, edge_attr: torch.Tensor):
         """(E,) index into the distance biases from the one-hot distance block of the edges

@@ -174,6 +174,8 @@ class TrainConfig:
                                group=MODEL)
     local_mpnn: bool = option(True, "a sum-aggregating bond message-passing block beside the attention in every "
                                     "layer (GraphGPS's local block)", group=MODEL)
+    descriptor_scaling: bool = option(False, "standardize the molecule descriptors with the training split's mean "
+                                             "and standard deviation (stored with the model)", group=MODEL)
 
     def __post_init__(self):
         try:
@@ -215,7 +217,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("descriptors", "local_mpnn"):
+        for name in ("descriptors", "local_mpnn", "descriptor_scaling"):
             if not isinstance(getattr(self, name), bool):
                 flag = name.replace("_", "-")
                 raise UserError(f"{name} must be true or false (--{flag} / --no-{flag}), got {getattr(self, name)!r}")
@@ -273,7 +275,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         return dict(hidden=self.hidden, layers=self.layers, heads=self.heads, edge_hidden=self.edge_hidden,
                     dropout=self.dropout, ffn_multiplier=self.ffn_multiplier, readout=self.readout,
-                    attention=self.attention, local=self.local_mpnn)
+                    attention=self.attention, local=self.local_mpnn, mol_scaling=self.descriptor_scaling)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -292,5 +294,5 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 # Fields added after configurations were first stored (run directories, checkpoints, study.json),
 # each with the value that gives what such a configuration ran, not today's default: the bond
-# block did not exist before local_mpnn.
-PREDATED_FIELDS = {"local_mpnn": False}
+# block did not exist before local_mpnn, nor the descriptor scaling before descriptor_scaling.
+PREDATED_FIELDS = {"local_mpnn": False, "descriptor_scaling": False}

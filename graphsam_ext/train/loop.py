@@ -63,6 +63,13 @@ def build_model(cfg: TrainConfig, dataset) -> MolecularGraphTransformer:
     return MolecularGraphTransformer(model_cfg)
 
 
+def fit_descriptor_scaling(model: MolecularGraphTransformer, data: SplitData) -> None:
+    """Standardize the model's molecule descriptors with the training split's statistics
+    (nothing to do for a model without descriptors or built without the scaling)."""
+    if model.config.mol_dim and model.config.mol_scaling:
+        model.fit_mol_scaling(torch.stack([data.dataset[i].graph.mol_features for i in data.train]))
+
+
 @torch.no_grad()
 def predict_batches(model, batches, device, task_type: str, scaler: TargetScaler | None):
     """Predictions in original units (probabilities for classification) for an iterable of
@@ -144,7 +151,9 @@ class SeedRun:
 
     def _setup(self):
         torch.manual_seed(self.seed)
-        self.model = build_model(self.cfg, self.data.dataset).to(self.device)
+        self.model = build_model(self.cfg, self.data.dataset)
+        fit_descriptor_scaling(self.model, self.data)
+        self.model = self.model.to(self.device)
         dist = self.dist
         if dist is not None and dist.rank > 0:  # every rank starts from the same weights, with its own dropout
             torch.manual_seed(distributed.rank_seed(self.seed, dist.rank))
