@@ -249,6 +249,47 @@ def test_study_resumes_to_the_uninterrupted_results(tmp_path, one_thread, capsys
     assert "hidden: stored 16, asked 32" in err and "another --out" in err
 
 
+def test_a_terminated_invocation_records_its_end_and_resumes(tmp_path):
+    """``kill`` (SIGTERM) ends a grid invocation as Ctrl-C does: exit status 130, an end record
+    with status "interrupted", the epochs trained so far kept for the next invocation."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "study"
+    env = {**os.environ, "GRAPHSAM_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "graphsam_ext.cli", "study", "--data-path", str(csv), "--protocols",
+                             "random", "--seeds", "0", "--optimizers", "adam", "--out", str(out), "--quiet",
+                             "--num-threads", "1", *TINY_FLAGS, "--epochs", "400", "--patience", "400"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    last = grid.run_dir_of(out, "tiny", "random", 0) / "adam" / "seed0" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert last.is_file(), "the invocation trained no epoch"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished cells are kept" in err
+    events = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "end"] and events[1]["status"] == "interrupted"
+    assert not _cell_files(out) and last.is_file()
+    assert main(["study", "--report", "--out", str(out)]) == 0
+    assert "ended without a record" not in (out / "report.md").read_text()
+
+
+def test_the_report_counts_invocations_that_left_no_end_record(tmp_path):
+    out = tmp_path / "study"
+    _synthetic_cell(out, 0, "adam", 1.0)
+    start = {"event": "start", "started": "2026-12-01 10:00:00", "pid": 7, "grid": None}
+    (out / "invocations.jsonl").write_text(json.dumps(start) + "\n")
+    payload = build_report(out)
+    assert payload["invocations_without_end"] == 1
+    assert "1 more invocation(s) ended without a record" in (out / "report.md").read_text()
+
+
 def test_bad_input_gets_a_clear_error(tmp_path, capsys, monkeypatch):
     csv = write_tiny_csv(tmp_path / "tiny.csv")
     with pytest.raises(UserError, match="--optimizers: unknown optimizer 'adamax'"):

@@ -4,7 +4,9 @@ TrainConfig by ``add_config_options``), except those the grid itself sets."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from graphsam_ext.cli.common import logger, setup_execution, show_progress
@@ -228,6 +230,12 @@ def _cosine_written(out: Path, summary: dict) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    """SIGTERM (``kill``, a job scheduler's stop) ends a grid invocation like Ctrl-C: the
+    invocation records its end, finished cells and every cell's last epoch are kept."""
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     from graphsam_ext.study.grid import run_study, study_command
 
@@ -248,11 +256,16 @@ def run(args) -> int:
     log(f"study {plan.out}: {len(cells)} cells = {len(plan.labels)} dataset(s) x {len(plan.protocols)} protocol(s) "
         f"x {len(plan.seeds)} seed(s) x {len(plan.optimizers)} optimizer(s); up to {plan.settings['epochs']} epochs, "
         f"patience {plan.settings['patience']}; device {device}")
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         done = run_study(plan, device, log=log, progress=show_progress(args), command=study_command())
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are kept. Continue with the same command (or: graphsam study --out "
               f"{out} ...), or aggregate with: graphsam study --report --out {out}", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     log(f"{len(done['finished'])} cell(s) trained, {len(done['skipped'])} already finished")
     return _report(out)

@@ -306,7 +306,10 @@ def build_report(out, method: str | None = None) -> dict:
     cells, bad = load_cells(out)
     groups = aggregate(cells, method)
     counts = grid_counts(out, cells)
-    invocations = [e for e in read_invocations(out) if e.get("event") == "end"]
+    entries = read_invocations(out)
+    invocations = [e for e in entries if e.get("event") == "end"]
+    ended = {(e.get("pid"), e.get("started")) for e in invocations}
+    unended = sum(1 for e in entries if e.get("event") == "start" and (e.get("pid"), e.get("started")) not in ended)
     cell_cpu = float(sum(c.get("cpu_seconds") or 0.0 for c in cells))
     invocation_cpu = float(sum(e.get("cpu_seconds") or 0.0 for e in invocations))
     plots, plot_note = study_plots(cells, groups, out)
@@ -318,6 +321,7 @@ def build_report(out, method: str | None = None) -> dict:
         "rho_used": rho_used(cells),
         "test": method, "cells_unreadable": bad, "counts": counts,
         "cpu_seconds": {"finished_cells": cell_cpu, "all_invocations": invocation_cpu},
+        "invocations_without_end": unended,
         "environments": [json.loads(e) for e in envs], "settings": study.get("settings", {}),
         "groups": {f"{d}/{p}": g for (d, p), g in groups.items()}, "plots": plots,
     }
@@ -358,7 +362,10 @@ def _markdown(payload, groups, plots, plot_note, invocations, method) -> str:
              f"{len(counts['seeds'])} seeds {counts['seeds']}).",
              f"- CPU time: {_hours(cpu['finished_cells'])} in the finished cells (training, validation, test "
              f"and checkpoints of each cell, summed over invocations); {_hours(cpu['all_invocations'])} over "
-             f"all {len(invocations)} invocations (also data loading and unfinished cells).",
+             f"all {len(invocations)} invocations that recorded their end (also data loading and unfinished "
+             "cells)" + (f"; {payload['invocations_without_end']} more invocation(s) ended without a record (killed, "
+                         "or still running), so their time is missing there" if payload["invocations_without_end"]
+                         else "") + ".",
              ]
     if counts["missing_optimizers"]:
         lines.append(f"- Not in this build, so not in the grid: {', '.join(counts['missing_optimizers'])}.")
