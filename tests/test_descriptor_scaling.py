@@ -98,6 +98,8 @@ def test_the_option_reaches_the_model_and_configs_that_predate_it_keep_fixed_sca
     assert TrainConfig.from_dict(stored).descriptor_scaling is False
     with pytest.raises(UserError, match="--descriptor-scaling"):
         TrainConfig(descriptor_scaling=1)
+    with pytest.raises(UserError, match="add --descriptors or drop --descriptor-scaling"):
+        TrainConfig(descriptor_scaling=True, descriptors=False)
     # a checkpoint from before the option: no mol_scaling in its config, no statistics in its state
     old_model = _small(mol_dim=MOL_DIM, mol_scaling=False)
     old = old_model.config.to_dict()

@@ -4,7 +4,8 @@
     e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
     h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l[, bonds])      l = 1..L
     g  = Readout(LayerNorm(h_L), batch)        (G, readout width: hidden, or 2 hidden for mean_sum)
-    out = MLP([g | (mol_features - mu) / sd])  (G, num_tasks): logits or standardized values
+    out = MLP([g | mol_features])              (G, num_tasks): logits or standardized values
+                                               (mol_features standardized first with mol_scaling)
 
 Attention runs over the edges of the batch's CSR: the bonds, or (``attention="pairs"``) every
 atom pair of a molecule within topological distance K as produced by a featurizer built with

@@ -221,6 +221,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 flag = name.replace("_", "-")
                 raise UserError(f"{name} must be true or false (--{flag} / --no-{flag}), got {getattr(self, name)!r}")
+        if self.descriptor_scaling and not self.descriptors:
+            raise UserError("descriptor_scaling standardizes the molecule descriptors, but descriptors is off; add "
+                            "--descriptors or drop --descriptor-scaling")
         self.pair_distance = parse_pair_distance(self.pair_distance)
         if self.attention == "pairs" and self.pair_distance is None:
             self.pair_distance = 3
