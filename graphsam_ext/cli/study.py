@@ -256,8 +256,10 @@ def run(args) -> int:
     log(f"study {plan.out}: {len(cells)} cells = {len(plan.labels)} dataset(s) x {len(plan.protocols)} protocol(s) "
         f"x {len(plan.seeds)} seed(s) x {len(plan.optimizers)} optimizer(s); up to {plan.settings['epochs']} epochs, "
         f"patience {plan.settings['patience']}; device {device}")
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    # signal handlers live in the main thread only; None: a handler set outside Python, kept as it is
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         done = run_study(plan, device, log=log, progress=show_progress(args), command=study_command())
     except KeyboardInterrupt:
@@ -265,7 +267,7 @@ def run(args) -> int:
               f"{out} ...), or aggregate with: graphsam study --report --out {out}", file=sys.stderr)
         return 130
     finally:
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     log(f"{len(done['finished'])} cell(s) trained, {len(done['skipped'])} already finished")
     return _report(out)
