@@ -28,7 +28,7 @@ build: setup
 test: build
 	GRAPHSAM_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
 
-# two runs at once: about 450 CPU seconds, shared by the two cores of the machine it is sized for
+# two runs at once: about 740 CPU seconds, shared by the two cores of the machine it is sized for
 RUN_ARGS ?= --jobs 2
 run: build
 	$(VENV)/bin/graphsam compare $(RUN_ARGS)

@@ -68,7 +68,6 @@ def test_fit_refuses_what_it_cannot_use():
 def test_training_fits_on_the_training_split_and_predictions_use_the_stored_statistics(tmp_path, cache_dir):
     from graphsam_ext.data import Featurizer
     from graphsam_ext.train import run_experiment
-    from graphsam_ext.train.predict import predict_smiles
 
     path = write_tiny_csv(tmp_path / "tiny.csv")
     run_experiment(tiny_config(path, epochs=1, descriptor_scaling=True), tmp_path / "run")
@@ -81,12 +80,19 @@ def test_training_fits_on_the_training_split_and_predictions_use_the_stored_stat
     torch.testing.assert_close(state["mol_mean"].double(), every[train].mean(0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(state["mol_mean"].double(), every.mean(0), rtol=1e-5, atol=1e-6)
 
-    # the stored statistics are what prediction applies: changing them changes the predictions
-    before = predict_smiles(smiles[:6], [ckpt_path]).values
+    assert_prediction_applies(ckpt_path, "mol_std", smiles[:6], tmp_path)
+
+
+def assert_prediction_applies(ckpt_path, buffer, smiles, tmp_path):
+    """The stored statistics are what prediction applies: scaling ``buffer`` of the checkpoint's
+    model state changes the predictions of ``smiles``."""
+    from graphsam_ext.train.predict import predict_smiles
+
+    before = predict_smiles(smiles, [ckpt_path]).values
     ckpt = load_checkpoint(ckpt_path)
-    ckpt["model_state"]["mol_std"] = ckpt["model_state"]["mol_std"] * 4.0
+    ckpt["model_state"][buffer] = ckpt["model_state"][buffer] * 4.0
     torch.save(ckpt, tmp_path / "changed.pt")
-    after = predict_smiles(smiles[:6], [tmp_path / "changed.pt"]).values
+    after = predict_smiles(smiles, [tmp_path / "changed.pt"]).values
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
 
 

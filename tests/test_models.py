@@ -33,6 +33,7 @@ def _small(**kw):
     cfg = dict(atom_dim=ATOM_DIM, edge_dim=EDGE_DIM, num_tasks=3, hidden=16, layers=2, heads=4, edge_hidden=8,
                dropout=0.0)
     cfg.update(kw)
+    cfg.setdefault("pool_norm", cfg.get("readout") != "sum")  # the sum readout has no averaged part to normalize
     return MolecularGraphTransformer(ModelConfig(**cfg))
 
 

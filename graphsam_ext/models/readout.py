@@ -54,3 +54,31 @@ class Readout(nn.Module):
         weight = torch.exp(score - seg_max[batch])
         denom = _segment_sum(weight, batch, num_graphs).clamp_min(torch.finfo(h.dtype).tiny)
         return _segment_sum(h * (weight / denom[batch]).unsqueeze(-1), batch, num_graphs)
+
+
+class PooledNorm(nn.Module):
+    """A BatchNorm across the molecules of a batch whose evaluation statistics are set only by
+    :meth:`set_statistics` (``MolecularGraphTransformer.refresh_pool_norm``), never by running
+    averages. Training normalizes with the batch's own mean and variance and leaves the stored
+    ones as they are, so a forward pass changes no state (a SAM step's extra passes included);
+    evaluation, and a training batch of one molecule, use the stored ones. Parameters and
+    buffers are named as torch's BatchNorm1d names them (weight, bias, running_mean, running_var)."""
+
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_var", torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_stats = self.training and x.shape[0] > 1
+        stored_mean, stored_var = (None, None) if batch_stats else (self.running_mean, self.running_var)
+        return nn.functional.batch_norm(x, stored_mean, stored_var, self.weight, self.bias, training=batch_stats,
+                                        eps=self.eps)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)

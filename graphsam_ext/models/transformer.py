@@ -4,6 +4,8 @@
     e  = BondEmbed(edge_attr)                  (E, edge_dim) -> (E, edge_hidden), shared by all layers
     h_l = GraphTransformerLayer_l(h_{l-1}, rowptr, col, e, bias_l[, bonds])      l = 1..L
     g  = Readout(LayerNorm(h_L), batch)        (G, readout width: hidden, or 2 hidden for mean_sum)
+    g  = [BatchNorm(g_avg) | g_sum]            pool_norm: the averaged part only (the mean half of
+                                               mean_sum); statistics refreshed before evaluation
     out = MLP([g | mol_features])              (G, num_tasks): logits or standardized values
                                                (mol_features standardized first with mol_scaling)
 
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from graphsam_ext.errors import UserError
-from graphsam_ext.models.readout import READOUT_NAMES, SUM_SCALE, Readout
+from graphsam_ext.models.readout import READOUT_NAMES, SUM_SCALE, PooledNorm, Readout
 
 ATTENTION_NAMES = ("bonds", "pairs")
 
@@ -47,7 +49,11 @@ class ModelConfig:
     (``Featurizer.mol_dim``; 0: none); sum_scale: the divisor of the sum in the ``mean_sum`` readout;
     local: a bond message-passing block beside the attention in every layer; mol_scaling:
     standardize the molecule descriptors with stored statistics (buffers ``mol_mean`` and
-    ``mol_std``, set from the training split by :meth:`MolecularGraphTransformer.fit_mol_scaling`).
+    ``mol_std``, set from the training split by :meth:`MolecularGraphTransformer.fit_mol_scaling`);
+    pool_norm: a BatchNorm on the averaged part of the pooled molecule vector (all of a mean or
+    attention readout, the mean half of mean_sum; refused with sum), whose evaluation statistics must be
+    recomputed for the current weights (:meth:`MolecularGraphTransformer.refresh_pool_norm`)
+    before the model is evaluated or saved.
     """
 
     atom_dim: int
@@ -67,6 +73,7 @@ class ModelConfig:
     sum_scale: float = SUM_SCALE
     local: bool = True
     mol_scaling: bool = False
+    pool_norm: bool = True
 
     def __post_init__(self):
         for name in ("atom_dim", "edge_dim", "num_tasks", "hidden", "layers", "heads", "edge_hidden",
@@ -81,13 +88,16 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model dropout must be in [0, 1), got {self.dropout}")
-        for name in ("local", "mol_scaling"):
+        for name in ("local", "mol_scaling", "pool_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"model {name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.mol_dim, int) or self.mol_dim < 0:
             raise UserError(f"model mol_dim must be an integer >= 0 (Featurizer.mol_dim), got {self.mol_dim!r}")
         if self.readout not in READOUT_NAMES:
             raise UserError(f"readout must be one of {', '.join(READOUT_NAMES)}; got {self.readout!r}")
+        if self.pool_norm and self.readout == "sum":
+            raise UserError("pool_norm normalizes the averaged part of the readout, and readout 'sum' has none; "
+                            "use --no-pool-norm (pool_norm=False) with it, or another readout")
         if self.attention not in ATTENTION_NAMES:
             raise UserError(
                 f"attention must be one of {', '.join(ATTENTION_NAMES)}; got {self.attention!r}"
@@ -105,14 +115,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        """From a stored configuration (a checkpoint's); a checkpoint from before the bond block
-        or the descriptor scaling existed has no ``local`` / ``mol_scaling`` and was trained
-        without them."""
+        """From a stored configuration (a checkpoint's); a checkpoint from before the bond block,
+        the descriptor scaling or the pooled BatchNorm existed has no ``local`` / ``mol_scaling``
+        / ``pool_norm`` and was trained without them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**{"local": False, "mol_scaling": False, **d})
+        return cls(**{"local": False, "mol_scaling": False, "pool_norm": False, **d})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,6 +166,9 @@ class MolecularGraphTransformer(nn.Module):
         if c.mol_dim and c.mol_scaling:
             self.register_buffer("mol_mean", torch.zeros(c.mol_dim))
             self.register_buffer("mol_std", torch.ones(c.mol_dim))
+        # the averaged part of the readout: all of it, or the mean half of mean_sum (the sum half,
+        # which carries the molecule's size, is left as it is)
+        self.pool_norm = PooledNorm(c.hidden) if c.pool_norm else None
 
     @torch.no_grad()
     def fit_mol_scaling(self, features: torch.Tensor) -> None:
@@ -175,6 +188,34 @@ class MolecularGraphTransformer(nn.Module):
         self.mol_mean.copy_(features.mean(dim=0))
         self.mol_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
+    @torch.no_grad()
+    def refresh_pool_norm(self, batches) -> None:
+        """Set the pooled BatchNorm's evaluation statistics to the exact mean and variance of
+        the pooled vectors of ``batches`` (BatchGraphs on the model's device, normally the whole
+        training split) under the current weights, with dropout off. Call it after training
+        and before evaluating or saving: on a series of similar molecules the pooled vectors
+        differ little, so running averages taken while the weights move lag far behind them and
+        evaluation is off by many of their standard deviations. Nothing to do without
+        ``pool_norm``."""
+        if self.pool_norm is None:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            count, total, squares = 0, None, None
+            for batch in batches:
+                g = self._pooled(as_csr_batch(batch))[:, :self.config.hidden].to(torch.float64)
+                count += g.shape[0]
+                total = g.sum(0) if total is None else total + g.sum(0)
+                squares = (g * g).sum(0) if squares is None else squares + (g * g).sum(0)
+            if not count:
+                raise UserError("refresh_pool_norm: no molecules given; pass the training batches")
+            mean = total / count
+            var = (squares / count - mean * mean).clamp_min(0.0)
+            self.pool_norm.set_statistics(mean, var)
+        finally:
+            self.train(was_training)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -184,6 +225,15 @@ class MolecularGraphTransformer(nn.Module):
         edge_attr in edge_index's order, batch; optional mol_features (G, mol_dim)), whose CSR is
         built here once for all layers. Returns (G, num_tasks): logits or standardized values."""
         batch = as_csr_batch(batch)
+        g = self._pooled(batch)
+        if self.pool_norm is not None:
+            g = torch.cat([self.pool_norm(g[:, :self.config.hidden]), g[:, self.config.hidden:]], dim=-1)
+        if self.config.mol_dim:
+            g = torch.cat([g, self._mol_features(batch)], dim=-1)
+        return self.head(g)
+
+    def _pooled(self, batch) -> torch.Tensor:
+        """The readout's molecule vectors (G, readout width) of a CSR batch."""
         if batch.x.shape[-1] != self.config.atom_dim or batch.edge_attr.shape[-1] != self.config.edge_dim:
             raise UserError(
                 f"batch features (atoms {batch.x.shape[-1]}, edges {batch.edge_attr.shape[-1]}) do not match "
@@ -197,10 +247,7 @@ class MolecularGraphTransformer(nn.Module):
         bonds = self._bonds(batch.rowptr, batch.col, e, distance) if self.config.local else None
         for i, layer in enumerate(self.layers):
             h = layer(h, batch.rowptr, batch.col, e, None if biases is None else biases[i], bonds)
-        g = self.readout(self.norm(h), batch.batch, batch.num_graphs)
-        if self.config.mol_dim:
-            g = torch.cat([g, self._mol_features(batch)], dim=-1)
-        return self.head(g)
+        return self.readout(self.norm(h), batch.batch, batch.num_graphs)
 
     def _mol_features(self, batch) -> torch.Tensor:
         feats = getattr(batch, "mol_features", None)

@@ -176,6 +176,9 @@ class TrainConfig:
                                     "layer (GraphGPS's local block)", group=MODEL)
     descriptor_scaling: bool = option(False, "standardize the molecule descriptors with the training split's mean "
                                              "and standard deviation (stored with the model)", group=MODEL)
+    pool_norm: bool = option(True, "a BatchNorm on the averaged part of the pooled molecule vector (the mean half "
+                                   "of mean_sum), its statistics recomputed over training molecules before every "
+                                   "evaluation", group=MODEL)
 
     def __post_init__(self):
         try:
@@ -217,10 +220,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("descriptors", "local_mpnn", "descriptor_scaling"):
+        for name in ("descriptors", "local_mpnn", "descriptor_scaling", "pool_norm"):
             if not isinstance(getattr(self, name), bool):
                 flag = name.replace("_", "-")
                 raise UserError(f"{name} must be true or false (--{flag} / --no-{flag}), got {getattr(self, name)!r}")
+        if self.pool_norm and self.readout == "sum":
+            raise UserError("pool_norm normalizes the averaged part of the readout, and --readout sum has none; add "
+                            "--no-pool-norm or choose another readout")
         if self.descriptor_scaling and not self.descriptors:
             raise UserError("descriptor_scaling standardizes the molecule descriptors, but descriptors is off; add "
                             "--descriptors or drop --descriptor-scaling")
@@ -278,7 +284,8 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         return dict(hidden=self.hidden, layers=self.layers, heads=self.heads, edge_hidden=self.edge_hidden,
                     dropout=self.dropout, ffn_multiplier=self.ffn_multiplier, readout=self.readout,
-                    attention=self.attention, local=self.local_mpnn, mol_scaling=self.descriptor_scaling)
+                    attention=self.attention, local=self.local_mpnn, mol_scaling=self.descriptor_scaling,
+                    pool_norm=self.pool_norm)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -297,5 +304,6 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 # Fields added after configurations were first stored (run directories, checkpoints, study.json),
 # each with the value that gives what such a configuration ran, not today's default: the bond
-# block did not exist before local_mpnn, nor the descriptor scaling before descriptor_scaling.
-PREDATED_FIELDS = {"local_mpnn": False, "descriptor_scaling": False}
+# block did not exist before local_mpnn, nor the descriptor scaling before descriptor_scaling, nor
+# the pooled BatchNorm before pool_norm.
+PREDATED_FIELDS = {"local_mpnn": False, "descriptor_scaling": False, "pool_norm": False}

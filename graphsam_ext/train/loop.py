@@ -43,6 +43,13 @@ class SplitData:
         return self.dataset.task_type
 
 
+# Molecules whose pooled vectors set the pooled BatchNorm's statistics after each epoch: the
+# standard error of their mean is 4% of a standard deviation, at the cost of a forward pass over
+# at most this many molecules per epoch (a large share of an epoch on the smallest sets, a small
+# one on Tox21; docs/model.md).
+POOL_NORM_SAMPLE = 512
+
+
 def epoch_order(train_indices, seed: int, epoch: int) -> list:
     """The training order of an epoch: a function of (seed, epoch) only, so a resumed run and
     every optimizer compared on this seed see the same batches."""
@@ -352,6 +359,25 @@ class SeedRun:
                 "train_cpu_seconds": cpu_seconds, "passes": passes,
                 "steps": steps, "lr": lr, "rho": opt.param_groups[0].get("rho")}
 
+    def _refresh_pool_norm(self, record: dict) -> None:
+        """Recompute the pooled BatchNorm's statistics for the weights just trained (every rank
+        alike) over a fixed random sample of at most POOL_NORM_SAMPLE training molecules,
+        counted as training time in ``record``."""
+        if self.model.pool_norm is None:
+            return
+        from graphsam_ext.data import make_loader
+
+        _sync(self.device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        train = self.data.train
+        sample = [train[i] for i in np.random.default_rng([self.seed, POOL_NORM_SAMPLE]).permutation(len(train))]
+        loader = make_loader(self.data.dataset, sample[:POOL_NORM_SAMPLE], batch_size=max(256, self.cfg.batch_size),
+                             shuffle=False, num_workers=self.cfg.num_workers)
+        self.model.refresh_pool_norm(batch.to(self.device) for batch in loader)
+        _sync(self.device)
+        record["train_seconds"] += time.perf_counter() - start
+        record["train_cpu_seconds"] += time.process_time() - cpu_start
+
     def _evaluate(self, indices) -> dict:
         """Metrics over ``indices``; in a distributed run rank 0 computes them for every rank."""
         if self.dist is None:
@@ -398,6 +424,7 @@ class SeedRun:
             if self.stopped_early or (stop_after_epochs is not None and epoch >= stop_after_epochs):
                 break
             record = {"epoch": epoch + 1, **self._train_epoch(epoch, bar_factory)}
+            self._refresh_pool_norm(record)
             start = time.perf_counter()
             record["val"] = self._evaluate(self.data.val)
             record["eval_seconds"] = time.perf_counter() - start
