@@ -155,3 +155,15 @@ def test_the_option_reaches_the_model_and_checkpoints_that_predate_it_are_withou
     rebuilt = type(old_model)(ModelConfig.from_dict(old))
     assert rebuilt.pool_norm is None
     rebuilt.load_state_dict(old_model.state_dict())
+
+
+def test_a_batchnorm1d_state_loads_into_the_pooled_norm():
+    from graphsam_ext.models.readout import PooledNorm
+
+    torch.manual_seed(6)
+    bn = torch.nn.BatchNorm1d(5)
+    bn(torch.randn(9, 5))
+    norm = PooledNorm(5)
+    norm.load_state_dict(bn.state_dict())
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(norm.eval()(x), bn.eval()(x))

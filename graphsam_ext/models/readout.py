@@ -78,6 +78,12 @@ class PooledNorm(nn.Module):
         return nn.functional.batch_norm(x, stored_mean, stored_var, self.weight, self.bias, training=batch_stats,
                                         eps=self.eps)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a BatchNorm1d's state (as an earlier build of this layer stored it) also has the count of
+        # batches its running averages saw, which this layer does not keep
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         self.running_mean.copy_(mean)
