@@ -28,10 +28,12 @@ build: setup
 test: build
 	GRAPHSAM_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
 
-# two runs at once: about 740 CPU seconds, shared by the two cores of the machine it is sized for
+# the study's budget (40 epochs, early stop after 10 without improvement), two runs at once; sized
+# for the two cores of the machine it is measured on (docs/benchmarks.md, make run)
+RUN_BUDGET ?= --epochs 40 --patience 10
 RUN_ARGS ?= --jobs 2
 run: build
-	$(VENV)/bin/graphsam compare $(RUN_ARGS)
+	$(VENV)/bin/graphsam compare $(RUN_BUDGET) $(RUN_ARGS)
 
 bench: build
 	$(PY) -m pytest benchmarks -q --benchmark-columns=min,median,mean,rounds --benchmark-sort=name $(BENCH_ARGS)
