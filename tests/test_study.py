@@ -99,14 +99,14 @@ def test_t_test_is_chosen_where_scipy_is_and_asks_it_for_n_minus_1_degrees_of_fr
     assert paired_test([0.1, 0.1], T_TEST)["p"] == 0.0  # every difference alike: t is infinite
 
 
-def _synthetic_cell(out, seed, opt, rmse, best_epoch=2, epochs_run=4, rho=None):
+def _synthetic_cell(out, seed, opt, rmse, best_epoch=2, epochs_run=4, rho=None, command=None):
     history = [{"epoch": e, "elapsed_seconds": 1.5 * e, "val": {"rmse": 2.0 - 0.1 * e, "mae": 1.0}, "rho": rho,
                 "train_loss": 1.0, "passes": 10} for e in range(1, epochs_run + 1)]
     cell = {"cell": {"dataset": "esol", "protocol": "random", "seed": seed, "optimizer": opt}, "metric": "rmse",
             "task_type": "regression", "higher_is_better": False, "num_molecules": 100, "split_sizes": [80, 10, 10],
             "molecules_per_second": 40.0 if opt == "adam" else 20.0, "molecules_per_cpu_second": 50.0,
             "selected_last_epoch": best_epoch == epochs_run, "cpu_seconds": 3.0,
-            "environment": {"torch": "x", "rdkit": "y"},
+            "environment": {"torch": "x", "rdkit": "y"}, "command": command,
             "result": {"test": {"rmse": rmse, "mae": 0.5}, "val": {}, "best_epoch": best_epoch, "epochs_run": epochs_run,
                        "train_seconds_per_epoch": 2.0, "train_cpu_seconds_per_epoch": 1.0, "passes_per_epoch": 10.0,
                        "steps_per_epoch": 10, "history": history}}
@@ -156,6 +156,27 @@ def test_report_on_synthetic_cells(tmp_path):
     assert any("rho" in title for title in plots)
     # the rho each optimizer started from is read from the cells (adam records none)
     assert payload["rho_used"] == {"sam": [0.05]} and "rho at the first epoch sam 0.05" in text
+
+
+def test_throughput_ratios_only_between_cells_trained_side_by_side(tmp_path):
+    """Adam's cells made by another command (another invocation, other load) get no throughput
+    ratio and a note; GraphSAM's and SAM's, trained by one command, do."""
+    out = tmp_path / "study"
+    grid_command, search_command = ["graphsam", "study", "--out", "a"], ["graphsam", "study", "--out", "b"]
+    for seed in range(3):
+        _synthetic_cell(out, seed, "adam", 1.0, command=search_command)
+        _synthetic_cell(out, seed, "sam", 0.9, command=grid_command)
+        _synthetic_cell(out, seed, "graphsam", 0.95, command=grid_command)
+    build_report(out, SIGN_FLIP)
+    text = (out / "report.md").read_text()
+    assert "| esol, random | 20 | – (not side by side) | 1.00x |" in text
+    assert "adam's cells were trained by another command than those of sam, graphsam" in text
+
+    for seed in range(3):
+        _synthetic_cell(out, seed, "adam", 1.0, command=grid_command)
+    build_report(out, SIGN_FLIP)
+    text = (out / "report.md").read_text()
+    assert "| esol, random | 20 | 0.50x | 1.00x |" in text and "another command" not in text
 
 
 def test_overview_marks_only_the_differences_with_a_small_p(tmp_path):
