@@ -29,7 +29,7 @@ test: build
 	GRAPHSAM_REQUIRE_NATIVE=1 $(PY) -m pytest -q tests
 
 # the study's budget (40 epochs, early stop after 10 without improvement), two runs at once; sized
-# for the two cores of the machine it is measured on (docs/benchmarks.md, make run)
+# for the two cores of the machine it is measured on (docs/model.md, "make run with these defaults")
 RUN_BUDGET ?= --epochs 40 --patience 10
 RUN_ARGS ?= --jobs 2
 run: build
